@@ -1,0 +1,66 @@
+"""The ``dlvision`` command: a LightningCLI (fit, validate, test, predict) plus project tools."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+DEFAULT_SEED = 42
+
+# Extra sub-commands, name -> function(argv) -> exit code; chapters register theirs here.
+TOOLS: dict[str, Callable[[list[str]], int]] = {}
+
+
+class DLVisionCLI(LightningCLI):
+    """LightningCLI with dlvision's defaults: seed 42, TensorBoard under lightning_logs/, and a
+    ModelCheckpoint on ``val/acc`` (best and ``last.ckpt``) configurable as ``--checkpoint.*``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch={epoch}-val_acc={val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> DLVisionCLI:
+    """Build (and by default run) the Lightning CLI on ``args`` (``sys.argv[1:]`` when None)."""
+    return DLVisionCLI(
+        model_class=LightningModule,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=DEFAULT_SEED,
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "lightning_logs", "name": "default"},
+            },
+        },
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlvision`` console script."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in TOOLS:
+        return TOOLS[args[0]](args[1:])
+    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The classification LightningModule: wraps any pure ``nn.Module`` network that outputs logits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """The course's optimizer: plain SGD (no momentum), lr 0.01."""
+    return torch.optim.SGD(params, lr=0.01)
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 accuracy (``acc``), and top-5 (``acc_top5``) when there are more than 5 classes."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class Classifier(LightningModule):
+    """Cross-entropy training of ``net`` with accuracy metrics, for any data module of dlvision.
+
+    Logs ``train/loss`` (epoch mean; ``train/loss_step`` per step), ``train/acc``, ``val/loss``,
+    ``val/acc``, ``test/loss``, ``test/acc`` (plus ``*/acc_top5`` above 5 classes) and ``train/lr``.
+    ``optimizer`` and ``scheduler`` are injected callables (any ``torch.optim`` class and any
+    ``torch.optim.lr_scheduler`` class from the config); ReduceLROnPlateau watches
+    ``scheduler_monitor``. ``predict`` returns class probabilities.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        scheduler_monitor: str = "val/loss",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"] if not self._from_cli() else None)
+        self.net = net
+        num_classes = num_classes or getattr(net, "num_classes", None)
+        if not num_classes:
+            raise ValueError(
+                f"{type(net).__name__} has no num_classes attribute: pass model.init_args.num_classes"
+            )
+        self.num_classes = int(num_classes)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_metrics = accuracy_metrics(self.num_classes, "train/")
+        self.val_metrics = accuracy_metrics(self.num_classes, "val/")
+        self.test_metrics = accuracy_metrics(self.num_classes, "test/")
+
+    @staticmethod
+    def _from_cli() -> bool:
+        """True while LightningCLI instantiates us: it then saves the net as its config, not as an object."""
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        return _given_hyperparameters.get() is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes and data_classes != self.num_classes:
+            raise ValueError(
+                f"the network outputs {self.num_classes} classes but {type(datamodule).__name__} has "
+                f"{data_classes}: set the network's num_classes to {data_classes}"
+            )
+        for logger in self.loggers:
+            logger.log_metrics({"model/params": float(self.num_params)}, step=0)
+
+    def on_train_epoch_start(self) -> None:
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if optimizer is not None:
+            self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=False, on_epoch=True)
+
+    def _step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        metrics.update(logits, y)
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=sync,
+                 prog_bar=stage == "val")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, self.train_metrics, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
