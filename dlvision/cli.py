@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -11,8 +11,13 @@ from lightning.pytorch.cli import LightningCLI
 
 DEFAULT_SEED = 42
 
-# Extra sub-commands, name -> function(argv) -> exit code; chapters register theirs here.
-TOOLS: dict[str, Callable[[list[str]], int]] = {}
+# Extra sub-commands: name -> "module:function", the function taking argv (list[str]) and returning
+# an exit code. Imported only when asked for, so optional extras (scikit-learn, timm) stay optional.
+TOOLS: dict[str, str] = {
+    "svm": "dlvision.tools.svm:main",
+    "gradcost": "dlvision.tools.gradient_cost:main",
+    "summary": "dlvision.tools.summary:main",
+}
 
 
 class DLVisionCLI(LightningCLI):
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlvision`` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in TOOLS:
-        return TOOLS[args[0]](args[1:])
+        module, function = TOOLS[args[0]].split(":")
+        return getattr(importlib.import_module(module), function)(args[1:])
     run_cli(argv)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -1,0 +1,1 @@
+"""Lightning callbacks of dlvision (pictures logged to TensorBoard and the like)."""

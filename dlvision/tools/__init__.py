@@ -1,0 +1,1 @@
+"""Project tools reachable as ``dlvision NAME ...`` beside the Lightning sub-commands."""
