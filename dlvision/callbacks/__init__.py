@@ -1,1 +1,3 @@
 """Lightning callbacks of dlvision (pictures logged to TensorBoard and the like)."""
+
+from dlvision.callbacks.vit_pictures import ViTPictures  # noqa: F401  chapter 3

@@ -4,3 +4,19 @@ from dlvision.models.cnn import CourseCNN
 from dlvision.models.mlp import MLP
 
 __all__ = ["CourseCNN", "MLP"]
+
+from dlvision.models.vit import (  # noqa: E402  chapter 3
+    Block,
+    FeedForward,
+    MultiHeadAttention,
+    PatchEmbedding,
+    SingleHeadAttention,
+    ViT,
+    sinusoidal_embedding,
+)
+
+__all__ += ["Block", "FeedForward", "MultiHeadAttention", "PatchEmbedding", "SingleHeadAttention", "ViT",
+            "sinusoidal_embedding"]
+from dlvision.models.timm_vit import TimmViT  # noqa: E402  chapter 3 (timm is imported only when one is built)
+
+__all__ += ["TimmViT"]
