@@ -6,8 +6,9 @@ import importlib
 import sys
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+
+from dlvision.callbacks.checkpoint import BestAndLastCheckpoint
 
 DEFAULT_SEED = 42
 
@@ -25,7 +26,7 @@ class DLVisionCLI(LightningCLI):
     ModelCheckpoint on ``val/acc`` (best and ``last.ckpt``) configurable as ``--checkpoint.*``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",

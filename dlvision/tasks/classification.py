@@ -45,7 +45,9 @@ class Classifier(LightningModule):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"] if not self._from_cli() else None)
+        # Under LightningCLI the hyperparameters are the config (the net as class_path/init_args), so
+        # load_from_checkpoint rebuilds everything; built by hand, the objects are not saved.
+        self.save_hyperparameters(ignore=None if self._from_cli() else ["net", "optimizer", "scheduler"])
         self.net = net
         num_classes = num_classes or getattr(net, "num_classes", None)
         if not num_classes:

@@ -1,0 +1,30 @@
+"""Checkpointing: the best model on a monitored metric, and ``last.ckpt`` after every validation."""
+
+from __future__ import annotations
+
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is refreshed after every validation.
+
+    Since Lightning 2.6 ``save_last=True`` only rewrites ``last.ckpt`` when a top-k checkpoint was
+    saved in the same step, so a run whose metric stops improving could only resume from the epoch
+    of its best score. Resuming from ``last.ckpt`` must continue from the latest epoch.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        # skipped when the parent has just saved at this step (then last.ckpt is already fresh)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+from lightning import Trainer
+from torch import nn
+
+from dlvision import Classifier
+from dlvision.data import CirclesDataModule
+from dlvision.models import MLP
+
+
+class FixedLogits(nn.Module):
+    """A 'network' whose logits are a fixed function of the input: x itself (N x classes)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def trainer(**kwargs) -> Trainer:
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, **kwargs)
+
+
+def test_metrics_match_a_hand_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 8)
+    labels = torch.randint(0, 8, (50,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, labels), batch_size=16)
+    model = Classifier(FixedLogits(8))
+    result = trainer().validate(model, loader, verbose=False)[0]
+    expected_loss = -torch.log_softmax(logits, 1)[torch.arange(50), labels].mean().item()
+    expected_acc = (logits.argmax(1) == labels).float().mean().item()
+    expected_top5 = sum(labels[i] in logits[i].topk(5).indices for i in range(50)) / 50
+    assert result["val/loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result["val/acc"] == pytest.approx(expected_acc)
+    assert result["val/acc_top5"] == pytest.approx(expected_top5)
+    result = trainer().test(model, loader, verbose=False)[0]
+    assert result["test/acc"] == pytest.approx(expected_acc)
+
+
+def test_no_top5_with_five_classes_or_fewer():
+    model = Classifier(FixedLogits(2))
+    assert set(model.val_metrics.keys()) == {"val/acc"}
+
+
+def test_predict_returns_class_probabilities():
+    logits = torch.randn(10, 3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, torch.zeros(10, dtype=torch.long)), batch_size=4)
+    probs = torch.cat(trainer().predict(Classifier(FixedLogits(3)), loader))
+    torch.testing.assert_close(probs, logits.softmax(1))
+
+
+def test_training_logs_every_metric_name_and_learns():
+    dm = CirclesDataModule(n_train=200, n_test=100, batch_size=10, val_size=0)
+    torch.manual_seed(0)
+    model = Classifier(MLP(2, [10], 2, init_std=0.3), optimizer=lambda p: torch.optim.SGD(p, lr=0.3))
+    t = trainer(max_epochs=30)
+    first = trainer().validate(model, dm, verbose=False)[0]["val/acc"]
+    t.fit(model, dm)
+    metrics = t.callback_metrics
+    for name in ("train/loss", "train/acc", "val/loss", "val/acc", "train/lr", "train/loss_step"):
+        assert name in metrics, name
+    assert metrics["train/lr"].item() == pytest.approx(0.3)
+    assert metrics["val/acc"].item() > max(first, 0.8)
+
+
+def test_plateau_scheduler_gets_its_monitor():
+    model = Classifier(
+        FixedLogits(3),
+        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        scheduler_monitor="val/acc",
+    )
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/acc"
+    assert isinstance(config["optimizer"], torch.optim.SGD)
+
+
+def test_class_count_mismatch_between_net_and_data_is_reported():
+    dm = CirclesDataModule(n_train=20, n_test=10, val_size=0)
+    with pytest.raises(ValueError, match="outputs 3 classes but CirclesDataModule has 2"):
+        trainer(max_epochs=1).fit(Classifier(MLP(2, [4], 3)), dm)
+
+
+def test_net_without_class_count_needs_it_explicitly():
+    with pytest.raises(ValueError, match="num_classes"):
+        Classifier(nn.Linear(2, 2))
+    assert Classifier(nn.Linear(2, 4), num_classes=4).num_classes == 4
