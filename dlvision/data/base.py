@@ -192,7 +192,9 @@ class ImageDataModule(InMemoryDataModule):
 
     ``normalize`` names a normalizer fitted on the training split (``none``, ``standardize``, ...);
     ``augment`` lists augmentations applied in order after normalization (``crop_flip``: random
-    ``crop_size`` crop + horizontal flip in training, center crop otherwise).
+    ``crop_size`` crop + horizontal flip in training, center crop otherwise; see ``AUGMENTATIONS``).
+    ``zca_eps`` regularises zca/pca whitening; ``normalize_options`` and ``augment_options``
+    (``{name: {option: value}}``) pass further options to the normalizer and the augmentations.
     """
 
     channels: int = 1
@@ -208,25 +210,44 @@ class ImageDataModule(InMemoryDataModule):
         normalize: str = "none",
         augment: Sequence[str] = (),
         crop_size: int = 28,
+        zca_eps: float = 1e-2,
+        normalize_options: dict | None = None,
+        augment_options: dict[str, dict] | None = None,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, split_seed)
-        # build once now so that unknown names fail at construction, not at the first batch
-        make_normalizer(normalize, self.channels)
-        for name in augment:
-            make_augmentation(name, crop_size)
         self.normalize = normalize
         self.augment = list(augment)
         self.crop_size = crop_size
+        self.zca_eps = zca_eps
+        self.normalize_options = dict(normalize_options or {})
+        self.augment_options = {name: dict(options or {}) for name, options in (augment_options or {}).items()}
+        unused = sorted(set(self.augment_options) - set(self.augment))
+        if unused:
+            raise ValueError(f"augment_options for {unused}, which are not in augment={self.augment}")
+        # build once now so that unknown names and bad options fail at construction, not at the first batch
+        self._make_normalizer()
+        for name in self.augment:
+            make_augmentation(name, crop_size, **self.augment_options.get(name, {}))
+
+    def _make_normalizer(self) -> Normalizer:
+        """The (unfitted) normalizer with its options: ``zca_eps`` and a fit cache next to the data for zca/pca."""
+        options = dict(self.normalize_options)
+        if self.normalize in ("zca", "pca"):
+            options.setdefault("eps", self.zca_eps)
+            if getattr(self, "cache", True):
+                options.setdefault("cache_dir", self.data_dir)
+        return make_normalizer(self.normalize, self.channels, **options)
 
     def build_transform(self, train_inputs: torch.Tensor) -> nn.Module:
-        normalizer: Normalizer = make_normalizer(self.normalize, self.channels)
+        normalizer: Normalizer = self._make_normalizer()
         pending = self._pending_state
         if pending is None:
             normalizer.fit(ToFloat()(train_inputs))
         if self.normalize != "none":
             rank_zero_info(f"{self.name}: {normalizer.describe()}")
         transform = nn.Sequential(
-            ToFloat(), normalizer, *(make_augmentation(name, self.crop_size) for name in self.augment)
+            ToFloat(), normalizer,
+            *(make_augmentation(name, self.crop_size, **self.augment_options.get(name, {})) for name in self.augment)
         )
         if pending is not None:
             transform.load_state_dict(pending["transform"])

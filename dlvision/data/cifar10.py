@@ -141,10 +141,13 @@ class CIFAR10DataModule(ImageDataModule):
         normalize: str = "none",
         augment: Sequence[str] = (),
         crop_size: int = 28,
+        zca_eps: float = 1e-2,
+        normalize_options: dict | None = None,
+        augment_options: dict[str, dict] | None = None,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, split_seed,
-                         normalize, augment, crop_size)
         self.download, self.check_integrity, self.cache = download, check_integrity, cache
+        super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, split_seed,
+                         normalize, augment, crop_size, zca_eps, normalize_options, augment_options)
 
     def layout(self) -> tuple[str, Path]:
         """('canonical' | 'folder', path) of the data found, or a clear error if there is none."""
