@@ -112,3 +112,17 @@ def test_tiny_timm_fit_through_the_cli(mnist_dir, tmp_path):
     ])
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert isinstance(cli.model.net, TimmViT)
+
+
+def test_benchmark_script_runs_and_prints_the_ratio(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vit_vs_timm", ROOT / "benchmarks" / "vit_vs_timm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    models = bench.build_pair(16, 7, 1, 2, 2.0)  # raises if the sizes differ
+    assert len({sum(p.numel() for p in m.parameters()) for m in models.values()}) == 1
+    assert bench.main(["--settings", "course default", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                       "--batch-size", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ours/timm" in out and "course default" in out
