@@ -20,3 +20,6 @@ __all__ += ["Block", "FeedForward", "MultiHeadAttention", "PatchEmbedding", "Sin
 from dlvision.models.timm_vit import TimmViT  # noqa: E402  chapter 3 (timm is imported only when one is built)
 
 __all__ += ["TimmViT"]
+from dlvision.models.analysis import FullyConvolutionalCNN, analyse, to_fully_convolutional  # noqa: E402  chapter 2
+
+__all__ += ["FullyConvolutionalCNN", "analyse", "to_fully_convolutional"]
