@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Optional
+
+import torch
+from jsonargparse.typing import PositiveInt
 
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -26,6 +30,13 @@ class DLVisionCLI(LightningCLI):
     ModelCheckpoint on ``val/acc`` (best and ``last.ckpt``) configurable as ``--checkpoint.*``."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--torch_threads",
+            type=Optional[PositiveInt],
+            default=None,
+            help="CPU threads for torch's operators (torch.set_num_threads); null keeps torch's default. "
+            "1 is fastest for tiny models and when several runs share the cores.",
+        )
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -36,6 +47,12 @@ class DLVisionCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads = config.get("torch_threads")
+        if threads:
+            torch.set_num_threads(threads)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DLVisionCLI:
