@@ -150,6 +150,8 @@ class InMemoryDataModule(LightningDataModule):
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # page-locked batches let a GPU copy them asynchronously (no effect on the CPU)
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

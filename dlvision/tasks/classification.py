@@ -18,10 +18,14 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 accuracy (``acc``), and top-5 (``acc_top5``) when there are more than 5 classes."""
-    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    """Top-1 accuracy (``acc``), and top-5 (``acc_top5``) when there are more than 5 classes.
+
+    Input validation is off: it would inspect label values on every update, a host-device
+    synchronisation per step on a GPU (labels come from our own data modules).
+    """
+    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
     if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -107,7 +111,8 @@ class Classifier(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, self.train_metrics, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # not in the progress bar: showing it would read the value back every step (a GPU sync)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
