@@ -113,7 +113,7 @@ def render_boundary(
         cols = ((inputs[:, 0] - origin) / step * scale).floor().long()
         rows = ((origin + size * step - inputs[:, 1]) / step * scale).floor().long()
         colors = PALETTE[labels % len(PALETTE)] * 0.8  # a shade darker than the background
-        radius = max(2, scale // 2)
+        radius = max(2, (3 * scale) // 8)
         _stamp(image, rows, cols, radius + 1, torch.zeros_like(colors))  # black outline
         _stamp(image, rows, cols, radius, colors)
         if k > 0:  # test points: rings
@@ -214,6 +214,7 @@ class DecisionBoundary(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module)
         if self.filename and self.last_image is not None:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            # not trainer.log_dir: it broadcasts across processes, and only rank zero runs this hook
+            folder = Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
             self.saved_path = save_png(self.last_image, folder / self.filename)
             rank_zero_info(f"decision boundary saved to {self.saved_path}")

@@ -8,7 +8,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -27,6 +27,29 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
     return MetricCollection(metrics, prefix=prefix)
+
+
+class BatchMean(Metric):
+    """Mean of per-batch values weighted by the batch size (the epoch's mean loss per sample).
+
+    Not torchmetrics' MeanMetric: its NaN checks synchronise a GPU every step, and with
+    ``nan_strategy="disable"`` it ignores the weights (torchmetrics 1.9).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        # out of place: the states may be inference tensors after an evaluation run
+        self.total = self.total + value.detach().float() * weight
+        self.count = self.count + weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class Classifier(LightningModule):
@@ -67,6 +90,7 @@ class Classifier(LightningModule):
         self.train_metrics = accuracy_metrics(self.num_classes, "train/")
         self.val_metrics = accuracy_metrics(self.num_classes, "val/")
         self.test_metrics = accuracy_metrics(self.num_classes, "test/")
+        self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
 
     @staticmethod
     def _from_cli() -> bool:
@@ -98,28 +122,44 @@ class Classifier(LightningModule):
         if optimizer is not None:
             self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=False, on_epoch=True)
 
-    def _step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
+    # Metrics are updated every step and logged once per epoch: self.log() costs about a
+    # millisecond per call in Lightning (it moves and copies its bookkeeping every time), more
+    # than a whole training step of the small networks here.
+    def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        metrics.update(logits, y)
-        sync = stage != "train"
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=sync,
-                 prog_bar=stage == "val")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        getattr(self, f"{stage}_metrics").update(logits, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss
 
+    def _log_epoch(self, stage: str) -> None:
+        metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
+        values = {f"{stage}/loss": mean_loss.compute(), **metrics.compute()}  # synced across processes
+        self.log_dict(values, prog_bar=stage == "val")
+        metrics.reset()
+        mean_loss.reset()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, self.train_metrics, "train")
-        # not in the progress bar: showing it would read the value back every step (a GPU sync)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        loss = self._step(batch, "train")
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps the logger writes
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
+        self._step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, "test")
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -1,0 +1,217 @@
+"""Shared machinery of the benchmarks: the three training paths measured side by side, medians,
+the machine's description, and the RESULTS.md table.
+
+(a) dlvision's own ``fit`` path (LightningCLI config, data module, on-device transforms, logging);
+(b) the course-style reference: torchvision dataset + per-sample transforms + DataLoader + a plain
+    PyTorch loop, with its best ``num_workers``;
+(c) the model alone: the same optimizer step on one fixed batch already on the device.
+Each is warmed up, then timed over several repetitions; the median throughput is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from lightning import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data-dir", default="data", help="folder with the real data (../shared/data/unpack.sh data)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per repetition")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps before each repetition")
+    p.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
+    p.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2], help="num_workers tried for the reference loop")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
+    p.add_argument("--no-write", action="store_true", help="print only, do not update benchmarks/RESULTS.md")
+    return p
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def machine() -> str:
+    """CPU model, cores, torch version and threads, GPU if any."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {gpu}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_loop(step: Callable[[], None], steps: int, warmup: int, reps: int, device: torch.device) -> list[float]:
+    """Seconds per step of ``step`` for each repetition (after ``warmup`` untimed steps each)."""
+    times = []
+    for _ in range(reps):
+        for _ in range(warmup):
+            step()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        times.append((time.perf_counter() - start) / steps)
+    return times
+
+
+class StepTimer(Callback):
+    """Times the training steps of each epoch after a warm-up (batch end to batch end)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.per_epoch: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        sync(pl_module.device)
+        self.stamps.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        timed = self.stamps[self.warmup :]
+        if len(timed) >= 2:
+            self.per_epoch.append((timed[-1] - timed[0]) / (len(timed) - 1))
+
+
+def dlvision_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, device: torch.device):
+    """(a): seconds per step of ``dlvision fit`` on a config, and the CLI object (model, data)."""
+    from dlvision.cli import run_cli
+
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    extra = ["--trainer.precision", "bf16-mixed"] if device.type == "cuda" else []
+    logs = tempfile.mkdtemp(prefix="dlvision-bench-")
+    cli = run_cli([*config_args, "--trainer.accelerator", accelerator, "--trainer.devices", "1",
+                   "--trainer.max_epochs", str(reps), "--trainer.limit_train_batches", str(warmup + steps),
+                   "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+                   "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                   "--trainer.logger.init_args.save_dir", logs, "--checkpoint.monitor", "null",
+                   "--checkpoint.save_last", "false", *extra], run=False)
+    timer = StepTimer(warmup)
+    cli.trainer.callbacks.append(timer)
+    initial = copy.deepcopy(cli.model.net)  # an untrained copy for (b) and (c)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return timer.per_epoch, cli, initial
+
+
+def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.device, lr: float,
+                    momentum: float = 0.0) -> Callable[[], None]:
+    """(b)'s step: the course's loop body (forward, loss, backward, SGD step, running loss/acc)."""
+    net = net.to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    criterion = torch.nn.CrossEntropyLoss()
+    iterator = iter(batches)
+    amp = device.type == "cuda"
+
+    def step() -> None:
+        nonlocal iterator
+        try:
+            x, y = next(iterator)
+        except StopIteration:
+            iterator = iter(batches)
+            x, y = next(iterator)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step.loss += loss.item()  # the course loop keeps running totals
+        step.correct += (out.argmax(1) == y).sum().item()
+
+    step.loss, step.correct = 0.0, 0
+    return step
+
+
+def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, lr: float,
+                     momentum: float = 0.0) -> Callable[[], None]:
+    """(c)'s step: forward, loss, backward, SGD step on one fixed batch already on the device."""
+    net = net.to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    x, y = x.to(device), y.to(device)
+    amp = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def best_reference(make_loader: Callable[[int], Iterable], net: torch.nn.Module, workers: list[int], steps: int,
+                   warmup: int, reps: int, device: torch.device, lr: float, momentum: float = 0.0):
+    """(b) with each num_workers in ``workers``; returns (best seconds/step list, best workers, all medians)."""
+    results = {}
+    for w in workers:
+        loader = make_loader(w)
+        step = plain_loop_step(copy.deepcopy(net), loader, device, lr, momentum)
+        results[w] = time_loop(step, steps, warmup, reps, device)
+        del loader
+    best = min(results, key=lambda w: statistics.median(results[w]))
+    return results[best], best, {w: statistics.median(t) for w, t in results.items()}
+
+
+def report(title: str, batch_size: int, rows: list[tuple[str, list[float]]], notes: list[str], write: bool,
+           reference_row: int = 1, model_row: int = 2, command: str = "") -> str:
+    """Print (and write to RESULTS.md) a table of samples/s with the ratios to (b) and (c)."""
+    median = {name: statistics.median(t) for name, t in rows}
+    throughput = {name: batch_size / s for name, s in median.items()}
+    names = [name for name, _ in rows]
+    lines = [f"## {title}", "", f"Machine: {machine()}  ", f"Measured {time.strftime('%Y-%m-%d %H:%M')}; command: `{command or ' '.join(sys.argv)}`", "",
+             "| path | samples/s (median) | ms/step | reps (samples/s) |", "|---|---:|---:|---|"]
+    for name, times in rows:
+        reps = ", ".join(f"{batch_size / t:.0f}" for t in times)
+        lines.append(f"| {name} | {throughput[name]:.0f} | {1000 * median[name]:.2f} | {reps} |")
+    lines.append("")
+    a = names[0]
+    if reference_row is not None and len(names) > reference_row:
+        lines.append(f"- ratio (a)/(b) = {throughput[a] / throughput[names[reference_row]]:.2f}")
+    if model_row is not None and len(names) > model_row:
+        lines.append(f"- ratio (a)/(c) = {throughput[a] / throughput[names[model_row]]:.2f}")
+    lines += [f"- {note}" for note in notes]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        update_results(title, text)
+    return text
+
+
+def update_results(title: str, text: str) -> None:
+    """Replace the section called ``title`` in RESULTS.md (or append it)."""
+    header = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section is replaced when its script runs again.\n\n"
+    current = RESULTS.read_text() if RESULTS.exists() else header
+    sections = current.split("\n## ")
+    kept = [sections[0]] + [s for s in sections[1:] if not s.startswith(title + "\n")]
+    new = "\n## ".join(kept).rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(new)
