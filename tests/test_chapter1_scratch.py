@@ -135,6 +135,8 @@ def test_hand_written_forward_equals_the_network(impl):
     x = torch.randn(6, 5)
     assert torch.allclose(model(x), net(x), atol=1e-6)
     assert [layer.weight.shape for layer in mlp_layers(net)] == [(7, 5), (3, 7), (4, 3)]
+    with pytest.raises(ValueError, match="expects 5 input features per sample, got 4"):
+        model(torch.randn(2, 4))
 
 
 def test_manual_learns_deeper_nets_and_images():

@@ -210,7 +210,13 @@ class ScratchClassifier(Classifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl in ("manual", "autograd"):
             weights, biases = self.weights_and_biases()
-            return mlp_forward(x.flatten(1), weights, biases)[1]
+            x = x.flatten(1)
+            if x.shape[1] != weights[0].shape[1]:
+                raise ValueError(
+                    f"the MLP expects {weights[0].shape[1]} input features per sample, got {x.shape[1]}: "
+                    f"set model.init_args.net.init_args.in_features"
+                )
+            return mlp_forward(x, weights, biases)[1]
         return self.net(x)
 
     # ----- training ---------------------------------------------------------------------------------
@@ -239,18 +245,22 @@ class ScratchClassifier(Classifier):
             y_tilde, loss = self.autograd_step(x, y, lr)
         else:
             y_tilde, loss = self.nn_step(x, y, lr)
+        self._record_train_step(y_tilde, y, loss)
         counter.step()  # changes nothing: lets Lightning count the step
-        self.train_metrics.update(y_tilde, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _record_train_step(self, y_tilde: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Classifier's bookkeeping of a training step (it logs the epoch means in on_train_epoch_end)."""
+        self.train_metrics.update(y_tilde, y)
+        self.train_loss.update(loss, len(y))
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # as Classifier.training_step
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
 
     @torch.no_grad()  # 1. everything by hand: autograd is off for the whole step
     def manual_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         weights, biases = self.weights_and_biases()
         x = x.flatten(1)
-        hiddens, y_tilde = mlp_forward(x, weights, biases)
+        hiddens, y_tilde = mlp_forward(x, weights, biases)  # = self(x), keeping the hidden activations
         y = F.one_hot(labels, self.num_classes).to(y_tilde.dtype)
         y_hat = softmax(y_tilde)
         loss = cross_entropy(y_tilde, y)
