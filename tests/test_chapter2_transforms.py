@@ -306,3 +306,21 @@ def test_data_module_whitens_and_augments_on_the_batch_and_checkpoints_the_fit(c
     restored.setup("test")
     restored.transform.eval()
     torch.testing.assert_close(restored.apply_transform(x), evaluated)
+
+
+def test_covariance_of_uint8_images_is_exact_through_int8_products():
+    from dlvision.data.transforms import _integer_gram, uint8_levels
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1001, 3, 4, 4), dtype=torch.uint8)  # 1001 rows: padded to a multiple of 8
+    images[:, 1] = images[:, 0] // 2 + 40  # correlated channels
+    x = images.float().div_(255)
+    q = uint8_levels(x)
+    assert q is not None and torch.equal(q, images)
+    assert uint8_levels(x + 1e-3) is None and uint8_levels(x.double()) is None
+    assert _integer_gram(q.reshape(1001, -1)) is not None  # the int8 path is the one under test
+    mean, eigenvalues, eigenvectors = covariance_eigh(x.reshape(1001, -1))
+    flat = images.reshape(1001, -1).double().numpy() / 255
+    np.testing.assert_allclose(mean.numpy(), flat.mean(0), rtol=0, atol=1e-12)
+    rebuilt = (eigenvectors * eigenvalues) @ eigenvectors.T
+    np.testing.assert_allclose(rebuilt.numpy(), np.cov(flat, rowvar=False), rtol=0, atol=1e-12)
