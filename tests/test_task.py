@@ -46,7 +46,29 @@ def test_metrics_match_a_hand_computation():
 
 def test_no_top5_with_five_classes_or_fewer():
     model = Classifier(FixedLogits(2))
-    assert set(model.val_metrics.keys()) == {"val/acc"}
+    model.val_metrics.update(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))
+    assert set(model.val_metrics.compute()) == {"val/acc"}
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 100])
+def test_accuracy_equals_torchmetrics_multiclass_accuracy(num_classes):
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from dlvision.tasks.classification import TopKAccuracy
+
+    torch.manual_seed(num_classes)
+    ours = TopKAccuracy(num_classes, "val/")
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+    for n in (7, 64, 33):
+        logits, labels = torch.randn(n, num_classes), torch.randint(0, num_classes, (n,))
+        ours.update(logits, labels)
+        top1.update(logits, labels)
+        top5.update(logits, labels)
+    result = ours.compute()
+    assert result["val/acc"].item() == pytest.approx(top1.compute().item())
+    if num_classes > 5:
+        assert result["val/acc_top5"].item() == pytest.approx(top5.compute().item())
 
 
 def test_predict_returns_class_probabilities():

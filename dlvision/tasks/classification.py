@@ -8,8 +8,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -17,16 +16,34 @@ def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01)
 
 
-def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Top-1 accuracy (``acc``), and top-5 (``acc_top5``) when there are more than 5 classes.
+class TopKAccuracy(Metric):
+    """Epoch top-1 accuracy (``<prefix>acc``) and, above 5 classes, top-5 (``<prefix>acc_top5``).
 
-    Input validation is off: it would inspect label values on every update, a host-device
-    synchronisation per step on a GPU (labels come from our own data modules).
+    The same numbers as torchmetrics' ``MulticlassAccuracy(average="micro", top_k=k)`` (tested
+    against it), from one ``topk`` and a few sums per step: about a tenth of the cost of a
+    MetricCollection of two MulticlassAccuracy, which matters when a whole training step of the
+    small networks here takes well under a millisecond. No host-device synchronisation per step.
     """
-    metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
-    if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
-    return MetricCollection(metrics, prefix=prefix)
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, prefix: str = "") -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.top_k = (1, 5) if num_classes > 5 else (1,)
+        self.add_state("hits", torch.zeros(len(self.top_k)), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        best = logits.detach().topk(self.top_k[-1], dim=1).indices  # N x kmax, best first
+        found = (best == target[:, None]).float().cumsum(dim=1)  # 1 from the rank of the label on
+        # out of place: the states may be inference tensors after an evaluation run
+        self.hits = self.hits + found[:, [k - 1 for k in self.top_k]].sum(dim=0)
+        self.count = self.count + target.numel()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        rates = self.hits / self.count
+        return {f"{self.prefix}acc" + ("" if k == 1 else f"_top{k}"): rate for k, rate in zip(self.top_k, rates)}
 
 
 class BatchMean(Metric):
@@ -87,9 +104,9 @@ class Classifier(LightningModule):
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
         self.criterion = nn.CrossEntropyLoss()
-        self.train_metrics = accuracy_metrics(self.num_classes, "train/")
-        self.val_metrics = accuracy_metrics(self.num_classes, "val/")
-        self.test_metrics = accuracy_metrics(self.num_classes, "test/")
+        self.train_metrics = TopKAccuracy(self.num_classes, "train/")
+        self.val_metrics = TopKAccuracy(self.num_classes, "val/")
+        self.test_metrics = TopKAccuracy(self.num_classes, "test/")
         self.train_loss, self.val_loss, self.test_loss = BatchMean(), BatchMean(), BatchMean()
 
     @staticmethod

@@ -1,0 +1,90 @@
+"""Lightning's cost on tiny steps: the circles MLP (batch 10) through dlvision against plain loops.
+
+    python benchmarks/mlp_circles.py
+
+(a) ``dlvision fit --config configs/circles_mlp.yaml`` (2,000 generated points so an epoch is long
+    enough to time); (b) a plain PyTorch loop over a DataLoader of a TensorDataset (shuffled, batch
+    10); (c) the model alone on a fixed batch; (d) a bare Lightning Trainer around the same network
+    (a minimal LightningModule logging its loss each step, a DataLoader of a TensorDataset).
+Then the whole default run (150 epochs, start-up included) as a user types it, timed end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from lightning import LightningModule, Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+import _harness as h
+
+
+class BareModule(LightningModule):
+    """The smallest reasonable LightningModule: loss, log, SGD."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.03)
+
+
+def main() -> None:
+    p = h.parser(__doc__)
+    p.set_defaults(steps=150, warmup=20, reps=3, workers=[0])
+    p.add_argument("--full-runs", type=int, default=2, help="timed runs of the whole default config")
+    args = p.parse_args()
+    device = torch.device("cpu")  # a batch of 10 points: the GPU does not pay here
+    torch.set_num_threads(1)  # what configs/circles_mlp.yaml selects (torch_threads: 1), for every path
+    n_train = 2000
+    config = ["--config", "configs/circles_mlp.yaml", "--data.n_train", str(n_train)]
+    a_times, cli, net = h.dlvision_fit_path(config, args.steps, args.warmup, args.reps, device)
+    x, y = cli.datamodule.train_set.inputs, cli.datamodule.train_set.targets
+    loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
+    b_times = h.time_loop(h.plain_loop_step(copy.deepcopy(net), loader, device, lr=0.03), args.steps, args.warmup,
+                          args.reps, device)
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, lr=0.03), args.steps,
+                          args.warmup, args.reps, device)
+    timer = h.StepTimer(args.warmup)
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=args.reps, limit_train_batches=args.warmup + args.steps,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[timer])
+    trainer.fit(BareModule(copy.deepcopy(net)), DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True))
+    d_times = timer.per_epoch
+
+    walls = []
+    for _ in range(args.full_runs):
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "dlvision.cli", "fit", "--config", str(h.ROOT / "configs/circles_mlp.yaml")],
+                           cwd=folder, check=True, capture_output=True)
+            walls.append(time.perf_counter() - start)
+    bare_ratio = statistics.median(b_times) / statistics.median(d_times)
+    h.report(
+        "MLP on circles (cpu, batch 10, 1 thread)",
+        10,
+        [("(a) dlvision fit (circles_mlp.yaml)", a_times), ("(b) plain loop + DataLoader(TensorDataset)", b_times),
+         ("(c) model alone (fixed batch)", c_times), ("(d) bare Lightning Trainer + DataLoader", d_times)],
+        [f"(d)/(b) = {bare_ratio:.2f}: what a bare Lightning Trainer costs on such tiny steps",
+         f"whole default run `dlvision fit --config configs/circles_mlp.yaml` (150 epochs, start-up, validation, "
+         f"checkpoints, decision-boundary pictures): {statistics.median(walls):.1f} s wall (median of "
+         f"{len(walls)}: {', '.join(f'{w:.1f}' for w in walls)})"],
+        write=not args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()
