@@ -230,6 +230,12 @@ def test_study_configs_stack_on_the_course_config(config):
     if config.stem == "fashion":
         assert cli.datamodule.variant == "fashion_mnist"
         return
+    if config.stem == "cosine":
+        optimizer = torch.optim.Adam(cli.model.parameters(), lr=1e-3)
+        scheduler = cli.model.scheduler_factory(optimizer)
+        assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+        assert scheduler.T_max == cli.trainer.max_epochs and net.width == 32
+        return
     attribute = {"width": net.width, "depth": net.depth, "heads": net.heads,
                  "patch": net.patch_embed.patch_size, "mlp_ratio": net.blocks[0].mlp.fc1.out_features / net.width}
     assert attribute[study] == float(value)
