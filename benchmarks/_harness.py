@@ -116,16 +116,16 @@ def dlvision_fit_path(config_args: list[str], steps: int, warmup: int, reps: int
                    "--checkpoint.save_last", "false", *extra], run=False)
     timer = StepTimer(warmup)
     cli.trainer.callbacks.append(timer)
-    initial = copy.deepcopy(cli.model.net)  # an untrained copy for (b) and (c)
+    initial = copy.deepcopy(cli.model.net)  # an untrained copy for (b) and (c), with the same optimizer
     cli.trainer.fit(cli.model, cli.datamodule)
     return timer.per_epoch, cli, initial
 
 
-def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.device, lr: float,
-                    momentum: float = 0.0) -> Callable[[], None]:
-    """(b)'s step: the course's loop body (forward, loss, backward, SGD step, running loss/acc)."""
+def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.device,
+                    make_optimizer: Callable) -> Callable[[], None]:
+    """(b)'s step: the course's loop body (forward, loss, backward, optimizer step, running loss/acc)."""
     net = net.to(device).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    optimizer = make_optimizer(net.parameters())
     criterion = torch.nn.CrossEntropyLoss()
     iterator = iter(batches)
     amp = device.type == "cuda"
@@ -151,11 +151,11 @@ def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.devic
     return step
 
 
-def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, lr: float,
-                     momentum: float = 0.0) -> Callable[[], None]:
-    """(c)'s step: forward, loss, backward, SGD step on one fixed batch already on the device."""
+def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                     make_optimizer: Callable) -> Callable[[], None]:
+    """(c)'s step: forward, loss, backward, optimizer step on one fixed batch already on the device."""
     net = net.to(device).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    optimizer = make_optimizer(net.parameters())
     x, y = x.to(device), y.to(device)
     amp = device.type == "cuda"
 
@@ -170,12 +170,12 @@ def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dev
 
 
 def best_reference(make_loader: Callable[[int], Iterable], net: torch.nn.Module, workers: list[int], steps: int,
-                   warmup: int, reps: int, device: torch.device, lr: float, momentum: float = 0.0):
+                   warmup: int, reps: int, device: torch.device, make_optimizer: Callable):
     """(b) with each num_workers in ``workers``; returns (best seconds/step list, best workers, all medians)."""
     results = {}
     for w in workers:
         loader = make_loader(w)
-        step = plain_loop_step(copy.deepcopy(net), loader, device, lr, momentum)
+        step = plain_loop_step(copy.deepcopy(net), loader, device, make_optimizer)
         results[w] = time_loop(step, steps, warmup, reps, device)
         del loader
     best = min(results, key=lambda w: statistics.median(results[w]))

@@ -61,10 +61,10 @@ def main() -> None:
                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
     b_times, best_w, per_w = h.best_reference(loader, net, args.workers, args.steps, args.warmup, args.reps,
-                                              device, lr=0.01)
+                                              device, cli.model.optimizer_factory)
     x = torch.randn(args.batch_size, 3, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, lr=0.01), args.steps, args.warmup,
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory), args.steps, args.warmup,
                           args.reps, device)
     epoch = len(dm.train_set) / (args.batch_size / np.median(a_times))
     h.report(

@@ -54,9 +54,9 @@ def main() -> None:
     a_times, cli, net = h.dlvision_fit_path(config, args.steps, args.warmup, args.reps, device)
     x, y = cli.datamodule.train_set.inputs, cli.datamodule.train_set.targets
     loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
-    b_times = h.time_loop(h.plain_loop_step(copy.deepcopy(net), loader, device, lr=0.03), args.steps, args.warmup,
+    b_times = h.time_loop(h.plain_loop_step(copy.deepcopy(net), loader, device, cli.model.optimizer_factory), args.steps, args.warmup,
                           args.reps, device)
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, lr=0.03), args.steps,
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, cli.model.optimizer_factory), args.steps,
                           args.warmup, args.reps, device)
     timer = h.StepTimer(args.warmup)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=args.reps, limit_train_batches=args.warmup + args.steps,

@@ -1,0 +1,59 @@
+"""ViT training throughput on MNIST: dlvision's fit path against a course-style loop and the model alone.
+
+    python benchmarks/vit_mnist.py --data-dir data
+
+(a) ``dlvision fit --config configs/vit.yaml`` (course defaults: width 32, patch 7, 2 blocks, batch
+    128, Adam); (b) ``torchvision.datasets.MNIST`` + per-sample ToTensor + DataLoader (best
+    num_workers) + a plain PyTorch loop; (c) the same step on a fixed batch. Same network, batch,
+    optimizer and thread settings for all three.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+import _harness as h
+
+
+def main() -> None:
+    p = h.parser(__doc__)
+    p.add_argument("--config", default="configs/vit.yaml")
+    p.add_argument("--extra", nargs="*", default=[], help="more dlvision options for (a)")
+    args = p.parse_args()
+    device = h.pick_device(args.device)
+    a_times, cli, net = h.dlvision_fit_path(["--config", args.config, "--data.data_dir", args.data_dir, *args.extra],
+                                            args.steps, args.warmup, args.reps, device)
+    dm = cli.datamodule
+    if dm.normalize != "none" or dm.augment:
+        raise SystemExit("the reference loop here mirrors normalize: none and no augmentation; pick such a config")
+    dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
+
+    def loader(workers: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    b_times, best_w, per_w = h.best_reference(loader, net, args.workers, args.steps, args.warmup, args.reps, device,
+                                              cli.model.optimizer_factory)
+    x, y = torch.rand(dm.batch_size, 1, 28, 28), torch.randint(0, 10, (dm.batch_size,))
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory),
+                          args.steps, args.warmup, args.reps, device)
+    epoch = len(dm.train_set) / (dm.batch_size / np.median(a_times))
+    h.report(
+        f"ViT on MNIST ({device.type}, {args.config}, batch {dm.batch_size})",
+        dm.batch_size,
+        [("(a) dlvision fit", a_times),
+         (f"(b) course loop: torchvision MNIST + ToTensor + DataLoader (best num_workers={best_w})", b_times),
+         ("(c) model alone (fixed batch)", c_times)],
+        ["(b) median ms/step by num_workers: " + ", ".join(f"{w}: {1000 * t:.1f}" for w, t in per_w.items()),
+         f"(a) implies {epoch:.0f} s per epoch of {len(dm.train_set)} training images (steps only)"],
+        write=not args.no_write,
+    )
+
+
+if __name__ == "__main__":
+    main()
