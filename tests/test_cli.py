@@ -187,3 +187,9 @@ def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stops_improvin
     state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 3 * 6
     assert Path(cli.trainer.checkpoint_callback.best_model_path).name.startswith("epoch=0-")
+
+
+def test_checkpoints_every_n_epochs_apply_to_last_too(in_tmp):
+    cli = run_cli(circles("--trainer.max_epochs", "5", "--checkpoint.every_n_epochs", "2", "--model.optimizer.lr", "0.0"))
+    state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    assert state["epoch"] == 3  # saved after epochs 2 and 4 (indices 1 and 3), not after the 5th

@@ -113,3 +113,21 @@ def test_net_without_class_count_needs_it_explicitly():
     with pytest.raises(ValueError, match="num_classes"):
         Classifier(nn.Linear(2, 2))
     assert Classifier(nn.Linear(2, 4), num_classes=4).num_classes == 4
+
+
+def test_channels_last_gives_the_same_outputs_and_compile_is_applied_in_place(monkeypatch):
+    from dlvision.models import CourseCNN
+
+    torch.manual_seed(0)
+    plain = Classifier(CourseCNN()).eval()
+    nhwc = Classifier(CourseCNN(), channels_last=True).eval()
+    nhwc.net.load_state_dict(plain.net.state_dict())
+    assert nhwc.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    model = Classifier(CourseCNN(), compile=True)
+    assert compiled == [model.net]
+    assert set(model.net.state_dict()) == set(plain.net.state_dict())

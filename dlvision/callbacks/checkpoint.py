@@ -25,6 +25,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self._refresh_last(trainer)
 
     def _refresh_last(self, trainer: Trainer) -> None:
-        # skipped when the parent has just saved at this step (then last.ckpt is already fresh)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        # skipped when the parent has just saved at this step (then last.ckpt is already fresh),
+        # and between the epochs that every_n_epochs selects
+        due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        if self.save_last and due and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

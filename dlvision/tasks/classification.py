@@ -76,7 +76,9 @@ class Classifier(LightningModule):
     ``val/acc``, ``test/loss``, ``test/acc`` (plus ``*/acc_top5`` above 5 classes) and ``train/lr``.
     ``optimizer`` and ``scheduler`` are injected callables (any ``torch.optim`` class and any
     ``torch.optim.lr_scheduler`` class from the config); ReduceLROnPlateau watches
-    ``scheduler_monitor``. ``predict`` returns class probabilities.
+    ``scheduler_monitor``. ``predict`` returns class probabilities. ``channels_last`` stores
+    convolution weights and image batches as NHWC; ``compile`` runs the network through
+    ``torch.compile`` (see the Performance section of the README for when they pay).
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class Classifier(LightningModule):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         num_classes: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the config (the net as class_path/init_args), so
@@ -103,6 +107,11 @@ class Classifier(LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()  # in place: parameter names, and so checkpoints, stay as they are
         self.criterion = nn.CrossEntropyLoss()
         self.train_metrics = TopKAccuracy(self.num_classes, "train/")
         self.val_metrics = TopKAccuracy(self.num_classes, "val/")
@@ -117,6 +126,8 @@ class Classifier(LightningModule):
         return _given_hyperparameters.get() is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     @property
