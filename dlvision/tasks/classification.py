@@ -38,7 +38,8 @@ class TopKAccuracy(Metric):
         best = logits.detach().topk(self.top_k[-1], dim=1).indices  # N x kmax, best first
         found = (best == target[:, None]).float().cumsum(dim=1)  # 1 from the rank of the label on
         # out of place: the states may be inference tensors after an evaluation run
-        self.hits = self.hits + found[:, [k - 1 for k in self.top_k]].sum(dim=0)
+        # (plain column picks, not a list index: that would copy an index tensor to the GPU each step)
+        self.hits = self.hits + torch.stack([found[:, k - 1] for k in self.top_k], dim=1).sum(dim=0)
         self.count = self.count + target.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:
