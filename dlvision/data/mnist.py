@@ -72,11 +72,12 @@ class MNISTDataModule(ImageDataModule):
         normalize: str = "none",
         augment: Sequence[str] = (),
         crop_size: int = 28,
+        augment_options: dict[str, dict] | None = None,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown MNIST variant {variant!r}: choose one of {sorted(VARIANTS)}")
         super().__init__(data_dir, batch_size, eval_batch_size, num_workers, val_size, split_seed,
-                         normalize, augment, crop_size)
+                         normalize, augment, crop_size, augment_options=augment_options)
         self.variant, self.download = variant, download
         self.name = variant
 
