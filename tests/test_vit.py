@@ -203,6 +203,7 @@ def test_picture_helpers_shapes():
     assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
     # 3 rows of 5 tiles (image + 4 heads) of 28 pixels with 2 pixels padding
     assert grid.shape[1:] == (2 + 3 * 30, 2 + 5 * 30)
+    assert attention_grid(torch.rand(1, 1, 28, 28), torch.rand(1, 2, 4, 4), scale=4).shape[1:] == (2 + 114, 2 + 3 * 114)
     sim = torch.eye(16) * 2 - 1
     assert position_similarity_grid(sim, (4, 4)).shape[0] == 3
     assert similarity_matrix_image(sim).shape == (3, 256, 256)

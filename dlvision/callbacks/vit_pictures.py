@@ -30,14 +30,18 @@ def diverging(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([1 - neg, 1 - pos - neg, 1 - pos], dim=1)
 
 
-def attention_grid(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def attention_grid(images: torch.Tensor, maps: torch.Tensor, scale: int = 1) -> torch.Tensor:
     """One row per image: the image, then each head's class-token attention over the patches,
     upsampled to the image size (nearest, so each patch is a square) and shown as a heat map.
 
-    images (N, C, H, W) any range, maps (N, heads, rows, cols) -> an RGB grid (3, H', W')."""
+    images (N, C, H, W) any range, maps (N, heads, rows, cols) -> an RGB grid (3, H', W'); ``scale``
+    enlarges every tile (nearest) for a readable picture of 28x28 images."""
     n, heads = maps.shape[:2]
+    images = images.float().cpu()
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
     height, width = images.shape[-2:]
-    shown = to_unit(images.float().cpu())
+    shown = to_unit(images)
     shown = shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
     up = F.interpolate(maps.float().cpu().reshape(n * heads, 1, *maps.shape[-2:]), size=(height, width),
                        mode="nearest")
@@ -77,10 +81,12 @@ class ViTPictures(Callback):
     ``position_similarity()`` and ``grid_size``, as ``dlvision.models.ViT`` does.
     """
 
-    def __init__(self, num_images: int = 4, num_inputs: int = 32, every_n_epochs: int = 5, block: int = -1) -> None:
+    def __init__(self, num_images: int = 4, num_inputs: int = 32, every_n_epochs: int = 5, block: int = -1,
+                 scale: int = 4) -> None:
         super().__init__()
-        if num_images <= 0 or num_inputs <= 0 or every_n_epochs <= 0:
-            raise ValueError("num_images, num_inputs and every_n_epochs must be positive")
+        if num_images <= 0 or num_inputs <= 0 or every_n_epochs <= 0 or scale <= 0:
+            raise ValueError("num_images, num_inputs, every_n_epochs and scale must be positive")
+        self.scale = scale
         self.num_images, self.num_inputs = num_images, num_inputs
         self.every_n_epochs, self.block = every_n_epochs, block
         self._warned = False
@@ -127,7 +133,7 @@ class ViTPictures(Callback):
         net.eval()
         try:
             if images is not None:
-                grid = attention_grid(images, net.attention_maps(images, block=self.block))
+                grid = attention_grid(images, net.attention_maps(images, block=self.block), self.scale)
                 for writer in writers:
                     writer.add_image("attention/class_token", grid, step)
             similarity = net.position_similarity()
