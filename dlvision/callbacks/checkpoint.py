@@ -14,6 +14,15 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     of its best score. Resuming from ``last.ckpt`` must continue from the latest epoch.
     """
 
+    @property
+    def state_key(self) -> str:
+        # Lightning formats this key (a repr of the settings) around every hook call, several
+        # times per training step; the settings it depends on are fixed at construction.
+        key = self.__dict__.get("_cached_state_key")
+        if key is None:
+            key = self._cached_state_key = super().state_key
+        return key
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
