@@ -12,6 +12,7 @@ Same network (CourseCNN), batch size, optimizer (SGD lr 0.01) and thread setting
 from __future__ import annotations
 
 import copy
+import shlex
 
 import numpy as np
 import torch
@@ -41,8 +42,9 @@ class ArrayCIFAR(VisionDataset):
 def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--extra", nargs="*", default=[], help="more dlvision options for (a), e.g. --model.init_args.channels_last true")
+    p.add_argument("--extra", default="", help="more dlvision options for (a), one quoted string, e.g. '--model.init_args.channels_last true'")
     args = p.parse_args()
+    args.extra = shlex.split(args.extra)
     device = h.pick_device(args.device)
     config = ["--config", "configs/cnn.yaml", "--data.data_dir", args.data_dir, "--data.normalize", "standardize",
               "--data.augment", "[crop_flip]", "--data.batch_size", str(args.batch_size), *args.extra]
@@ -68,7 +70,7 @@ def main() -> None:
                           args.reps, device)
     epoch = len(dm.train_set) / (args.batch_size / np.median(a_times))
     h.report(
-        f"CNN on CIFAR-10 ({device.type}, batch {args.batch_size})",
+        f"CNN on CIFAR-10 ({device.type}, batch {args.batch_size}{', ' + ' '.join(args.extra) if args.extra else ''})",
         args.batch_size,
         [("(a) dlvision fit (standardize + crop/flip on the device)", a_times),
          (f"(b) course loop: per-sample transforms + DataLoader (best num_workers={best_w})", b_times),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import shlex
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ import _harness as h
 def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--config", default="configs/vit.yaml")
-    p.add_argument("--extra", nargs="*", default=[], help="more dlvision options for (a)")
+    p.add_argument("--extra", default="", help="more dlvision options for (a), one quoted string")
     args = p.parse_args()
+    args.extra = shlex.split(args.extra)
     device = h.pick_device(args.device)
     a_times, cli, net = h.dlvision_fit_path(["--config", args.config, "--data.data_dir", args.data_dir, *args.extra],
                                             args.steps, args.warmup, args.reps, device)
