@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not rest:
         print("dlvision summary: give a config, e.g. dlvision summary --config configs/cnn.yaml", file=sys.stderr)
         return 2
-    cli = run_cli(rest + ["--trainer.logger", "false"], run=False)
+    argv0, sys.argv = sys.argv, sys.argv[:1]  # the CLI gets its arguments from `rest`, not from sys.argv
+    try:
+        cli = run_cli(rest + ["--trainer.logger", "false"], run=False)
+    finally:
+        sys.argv = argv0
     net: nn.Module = getattr(cli.model, "net", cli.model)
     shape = tuple(args.input_size) if args.input_size else default_input_shape(cli.datamodule)
     if shape is None:
