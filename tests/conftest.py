@@ -94,3 +94,9 @@ def cifar_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def cifar_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data" / "cifar10-jpg").parent
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so nothing (logs, saved configs) lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
