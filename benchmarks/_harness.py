@@ -152,12 +152,16 @@ def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.devic
 
 
 def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                     make_optimizer: Callable) -> Callable[[], None]:
-    """(c)'s step: forward, loss, backward, optimizer step on one fixed batch already on the device."""
+                     make_optimizer: Callable, bf16: bool | None = None) -> Callable[[], None]:
+    """(c)'s step: forward, loss, backward, optimizer step on one fixed batch already on the device,
+    in the memory format of the network's weights and with bf16 autocast when (a) used it."""
     net = net.to(device).train()
     optimizer = make_optimizer(net.parameters())
     x, y = x.to(device), y.to(device)
-    amp = device.type == "cuda"
+    if x.dim() == 4 and any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                            and not p.is_contiguous() for p in net.parameters()):
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = device.type == "cuda" if bf16 is None else bf16
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -175,7 +179,9 @@ def best_reference(make_loader: Callable[[int], Iterable], net: torch.nn.Module,
     results = {}
     for w in workers:
         loader = make_loader(w)
-        step = plain_loop_step(copy.deepcopy(net), loader, device, make_optimizer)
+        # the course's loop: the network as PyTorch makes it (NCHW), whatever (a) was configured with
+        step = plain_loop_step(copy.deepcopy(net).to(memory_format=torch.contiguous_format), loader, device,
+                               make_optimizer)
         results[w] = time_loop(step, steps, warmup, reps, device)
         del loader
     best = min(results, key=lambda w: statistics.median(results[w]))

@@ -66,7 +66,8 @@ def main() -> None:
                                               device, cli.model.optimizer_factory)
     x = torch.randn(args.batch_size, 3, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory), args.steps, args.warmup,
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory,
+                                             bf16=cli.trainer.precision == "bf16-mixed"), args.steps, args.warmup,
                           args.reps, device)
     epoch = len(dm.train_set) / (args.batch_size / np.median(a_times))
     h.report(

@@ -42,7 +42,8 @@ def main() -> None:
     b_times, best_w, per_w = h.best_reference(loader, net, args.workers, args.steps, args.warmup, args.reps, device,
                                               cli.model.optimizer_factory)
     x, y = torch.rand(dm.batch_size, 1, 28, 28), torch.randint(0, 10, (dm.batch_size,))
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory),
+    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory,
+                                             bf16=cli.trainer.precision == "bf16-mixed"),
                           args.steps, args.warmup, args.reps, device)
     epoch = len(dm.train_set) / (dm.batch_size / np.median(a_times))
     h.report(
