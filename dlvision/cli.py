@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from dlvision.callbacks.checkpoint import BestAndLastCheckpoint
+from dlvision.data.base import DataFormatError, DatasetNotFoundError
 
 DEFAULT_SEED = 42
 
@@ -101,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in TOOLS:
         module, function = TOOLS[args[0]].split(":")
         return getattr(importlib.import_module(module), function)(args[1:])
-    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+    try:
+        run_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except (DatasetNotFoundError, DataFormatError) as err:
+        # the message already says what to do; a traceback through Lightning adds nothing
+        print(f"dlvision: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

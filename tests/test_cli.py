@@ -193,3 +193,13 @@ def test_checkpoints_every_n_epochs_apply_to_last_too(in_tmp):
     cli = run_cli(circles("--trainer.max_epochs", "5", "--checkpoint.every_n_epochs", "2", "--model.optimizer.lr", "0.0"))
     state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert state["epoch"] == 3  # saved after epochs 2 and 4 (indices 1 and 3), not after the 5th
+
+
+def test_missing_data_through_the_command_ends_with_the_message_not_a_traceback(in_tmp, capsys):
+    from dlvision.cli import main
+
+    code = main(["fit", "--config", str(ROOT / "configs/cnn.yaml"), "--data.data_dir", str(in_tmp / "nothing")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "dlvision: error: CIFAR-10 not found under" in err and "--data.download true" in err
+    assert "Traceback" not in err

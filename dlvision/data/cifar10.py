@@ -41,7 +41,11 @@ def load_canonical(root: Path, train: bool, download: bool, check_integrity: boo
             f"(--data.download true) or replace them; --data.check_integrity false skips the MD5 check"
         ) from None
     except OSError as err:
-        raise DatasetNotFoundError(f"CIFAR-10: could not download into {root} ({err}); offline, put the files there yourself") from err
+        raise DatasetNotFoundError(
+            f"CIFAR-10: could not download into {root} ({err}). Offline, put torchvision's cifar-10-batches-py "
+            f"there, or an image folder train/<class>/* and test/<class>/* (../shared/data/unpack.sh {root}), "
+            f"and leave --data.download false"
+        ) from err
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
         raise DataFormatError(f"CIFAR-10 files in {folder} do not unpickle to CIFAR batches ({err!r})") from err
     images = torch.from_numpy(np.ascontiguousarray(data.data)).permute(0, 3, 1, 2).contiguous()
