@@ -176,9 +176,17 @@ class Classifier(LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
+        self.record_step(stage, logits, y, loss)
+        return loss
+
+    def record_step(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """Account one batch of ``stage`` (train, val or test): accuracy and mean loss of the epoch,
+        and, in training, ``train/loss_step`` on the steps the logger writes. Subclasses that write
+        their own training step call it too."""
         getattr(self, f"{stage}_metrics").update(logits, y)
         getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
-        return loss
+        if stage == "train" and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
 
     def _log_epoch(self, stage: str) -> None:
         metrics, mean_loss = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_loss")
@@ -188,10 +196,7 @@ class Classifier(LightningModule):
         mean_loss.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps the logger writes
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-        return loss
+        return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

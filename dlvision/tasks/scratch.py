@@ -245,16 +245,9 @@ class ScratchClassifier(Classifier):
             y_tilde, loss = self.autograd_step(x, y, lr)
         else:
             y_tilde, loss = self.nn_step(x, y, lr)
-        self._record_train_step(y_tilde, y, loss)
+        self.record_step("train", y_tilde, y, loss)
         counter.step()  # changes nothing: lets Lightning count the step
         return loss
-
-    def _record_train_step(self, y_tilde: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Classifier's bookkeeping of a training step (it logs the epoch means in on_train_epoch_end)."""
-        self.train_metrics.update(y_tilde, y)
-        self.train_loss.update(loss, len(y))
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # as Classifier.training_step
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
 
     @torch.no_grad()  # 1. everything by hand: autograd is off for the whole step
     def manual_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
