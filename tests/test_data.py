@@ -268,3 +268,17 @@ def test_normalizer_statistics_are_saved_and_restored(cifar_dir):
     fresh.load_state_dict(state)
     fresh.setup("test")
     torch.testing.assert_close(fresh.transform[1].mean, dm.transform[1].mean + 1.0)
+
+
+def test_cifar_cache_is_found_however_the_data_dir_is_spelled(cifar_folder, monkeypatch):
+    CIFAR10DataModule(data_dir=cifar_folder, val_size=0).setup("fit")
+    monkeypatch.chdir(cifar_folder.parent)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(cifar10_module, "decode_folder", no_decoding)
+    dm = CIFAR10DataModule(data_dir=Path(cifar_folder.name), val_size=0)  # relative this time
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 60

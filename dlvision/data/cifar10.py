@@ -92,20 +92,28 @@ def folder_signature(split_dir: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             stat = os.stat(os.path.join(dirpath, name))
-            digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            relative = os.path.relpath(os.path.join(dirpath, name), split_dir)  # however data_dir is spelled
+            digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def load_image_folder(root: Path, train: bool, cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode ``root/{train,test}/<class>/*`` once; later calls read the uint8 tensors from a cache file."""
+def load_image_folder(root: Path, train: bool, cache: bool = True,
+                      only_refresh: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Decode ``root/{train,test}/<class>/*`` once; later calls read the uint8 tensors from a cache file.
+
+    ``only_refresh`` makes sure the cache is up to date and returns None without reading it
+    (what ``prepare_data`` needs: ``setup`` reads the tensors afterwards).
+    """
     split = "train" if train else "test"
     split_dir = root / split
     signature = folder_signature(split_dir)
     cache_file = root / f".dlvision-{split}-uint8.pt"
     if cache and cache_file.is_file():
-        cached = torch.load(cache_file, weights_only=True)
+        # a memory map only to check freshness: tensors that outlive this call are read into memory,
+        # so a later rewrite of the cache file cannot change them under a running job
+        cached = torch.load(cache_file, weights_only=True, mmap=only_refresh)
         if cached.get("signature") == signature:
-            return cached["images"], cached["labels"]
+            return None if only_refresh else (cached["images"], cached["labels"])
     rank_zero_info(f"cifar10: decoding {split_dir} (once; the result is cached in {cache_file})")
     classes = None if train else datasets.folder.find_classes(str(root / "train"))[0]
     images, labels, _ = decode_folder(split_dir, classes)
@@ -177,7 +185,7 @@ class CIFAR10DataModule(ImageDataModule):
             load_canonical(root, True, True, self.check_integrity)
         elif kind == "folder" and self.cache:
             for train in (True, False):
-                load_image_folder(root, train, cache=True)
+                load_image_folder(root, train, cache=True, only_refresh=True)
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         kind, root = self.layout()
