@@ -5,7 +5,9 @@ the machine's description, and the RESULTS.md table.
 (b) the course-style reference: torchvision dataset + per-sample transforms + DataLoader + a plain
     PyTorch loop, with its best ``num_workers``;
 (c) the model alone: the same optimizer step on one fixed batch already on the device.
-Each is warmed up, then timed over several repetitions; the median throughput is reported.
+Each is warmed up, then timed over several repetitions, interleaved: after each epoch of (a), one
+repetition of (b) and one of (c) run, so that all three share the drifts of a shared machine.
+The median throughput is reported, and the ratio of the best repetitions as a check.
 """
 
 from __future__ import annotations
@@ -101,8 +103,9 @@ class StepTimer(Callback):
             self.per_epoch.append((timed[-1] - timed[0]) / (len(timed) - 1))
 
 
-def dlvision_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, device: torch.device):
-    """(a): seconds per step of ``dlvision fit`` on a config, and the CLI object (model, data)."""
+def build_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, device: torch.device):
+    """(a)'s objects, built from the config but not run, with the data loaded and set up (so that
+    (b) and (c) can be made from them), and an untrained copy of the network for (b) and (c)."""
     from dlvision.cli import run_cli
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
@@ -114,11 +117,39 @@ def dlvision_fit_path(config_args: list[str], steps: int, warmup: int, reps: int
                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                    "--trainer.logger.init_args.save_dir", logs, "--checkpoint.monitor", "null",
                    "--checkpoint.save_last", "false", *extra], run=False)
-    timer = StepTimer(warmup)
-    cli.trainer.callbacks.append(timer)
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("fit")  # fit's own setup() then finds the data in place
     initial = copy.deepcopy(cli.model.net)  # an untrained copy for (b) and (c), with the same optimizer
+    return cli, initial
+
+
+class Interleave(Callback):
+    """After each training epoch of (a), one timed repetition of every other path: all paths then
+    see the same drifts of a shared machine (clock, neighbours), which sequential runs do not."""
+
+    def __init__(self, paths: dict[str, Callable[[], None]], steps: int, warmup: int, device: torch.device) -> None:
+        self.paths, self.steps, self.warmup, self.device = paths, steps, warmup, device
+        self.times: dict[str, list[float]] = {name: [] for name in paths}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for name, step in self.paths.items():
+            self.times[name] += time_loop(step, self.steps, self.warmup, 1, self.device)
+
+
+def run_fit_path(cli, others: dict[str, Callable[[], None]], steps: int, warmup: int, device: torch.device):
+    """Run (a) (one epoch of ``warmup + steps`` batches per repetition), with one repetition of each
+    of ``others`` after every epoch; returns (a)'s seconds per step and those of the others."""
+    timer, interleave = StepTimer(warmup), Interleave(others, steps, warmup, device)
+    cli.trainer.callbacks += [timer, interleave]
     cli.trainer.fit(cli.model, cli.datamodule)
-    return timer.per_epoch, cli, initial
+    return timer.per_epoch, interleave.times
+
+
+def dlvision_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, device: torch.device):
+    """(a) alone: seconds per step of ``dlvision fit`` on a config, the CLI object and the untrained net."""
+    cli, initial = build_fit_path(config_args, steps, warmup, reps, device)
+    a_times, _ = run_fit_path(cli, {}, steps, warmup, device)
+    return a_times, cli, initial
 
 
 def plain_loop_step(net: torch.nn.Module, batches: Iterable, device: torch.device,
@@ -173,19 +204,22 @@ def model_alone_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dev
     return step
 
 
-def best_reference(make_loader: Callable[[int], Iterable], net: torch.nn.Module, workers: list[int], steps: int,
-                   warmup: int, reps: int, device: torch.device, make_optimizer: Callable):
-    """(b) with each num_workers in ``workers``; returns (best seconds/step list, best workers, all medians)."""
-    results = {}
+def course_net(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the network as PyTorch makes it (NCHW), whatever memory format (a) was configured with."""
+    return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+
+
+def pick_workers(make_loader: Callable[[int], Iterable], net: torch.nn.Module, workers: list[int], steps: int,
+                 warmup: int, device: torch.device, make_optimizer: Callable) -> tuple[int, dict[int, float]]:
+    """(b)'s best ``num_workers`` among ``workers`` (one probe repetition each); returns it and each one's
+    seconds per step."""
+    probes = {}
     for w in workers:
         loader = make_loader(w)
-        # the course's loop: the network as PyTorch makes it (NCHW), whatever (a) was configured with
-        step = plain_loop_step(copy.deepcopy(net).to(memory_format=torch.contiguous_format), loader, device,
-                               make_optimizer)
-        results[w] = time_loop(step, steps, warmup, reps, device)
-        del loader
-    best = min(results, key=lambda w: statistics.median(results[w]))
-    return results[best], best, {w: statistics.median(t) for w, t in results.items()}
+        step = plain_loop_step(course_net(net), loader, device, make_optimizer)
+        probes[w] = time_loop(step, steps, warmup, 1, device)[0]
+        del step, loader
+    return min(probes, key=probes.get), probes
 
 
 def report(title: str, batch_size: int, rows: list[tuple[str, list[float]]], notes: list[str], write: bool,
@@ -201,10 +235,12 @@ def report(title: str, batch_size: int, rows: list[tuple[str, list[float]]], not
         lines.append(f"| {name} | {throughput[name]:.0f} | {1000 * median[name]:.2f} | {reps} |")
     lines.append("")
     a = names[0]
-    if reference_row is not None and len(names) > reference_row:
-        lines.append(f"- ratio (a)/(b) = {throughput[a] / throughput[names[reference_row]]:.2f}")
-    if model_row is not None and len(names) > model_row:
-        lines.append(f"- ratio (a)/(c) = {throughput[a] / throughput[names[model_row]]:.2f}")
+    best = {name: min(t) for name, t in rows}
+    for label, row in (("(b)", reference_row), ("(c)", model_row)):
+        if row is not None and len(names) > row:
+            other = names[row]
+            lines.append(f"- ratio (a)/{label} = {throughput[a] / throughput[other]:.2f} "
+                         f"(medians; best repetition of each: {best[other] / best[a]:.2f})")
     lines += [f"- {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -48,7 +48,7 @@ def main() -> None:
     device = h.pick_device(args.device)
     config = ["--config", "configs/cnn.yaml", "--data.data_dir", args.data_dir, "--data.normalize", "standardize",
               "--data.augment", "[crop_flip]", "--data.batch_size", str(args.batch_size), *args.extra]
-    a_times, cli, net = h.dlvision_fit_path(config, args.steps, args.warmup, args.reps, device)
+    cli, net = h.build_fit_path(config, args.steps, args.warmup, args.reps, device)
 
     dm = cli.datamodule
     images = dm.train_set.inputs.permute(0, 2, 3, 1).numpy()
@@ -62,13 +62,17 @@ def main() -> None:
         return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
-    b_times, best_w, per_w = h.best_reference(loader, net, args.workers, args.steps, args.warmup, args.reps,
-                                              device, cli.model.optimizer_factory)
+    make_optimizer = cli.model.optimizer_factory
+    best_w, per_w = h.pick_workers(loader, net, args.workers, args.steps, args.warmup, device, make_optimizer)
     x = torch.randn(args.batch_size, 3, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory,
-                                             bf16=cli.trainer.precision == "bf16-mixed"), args.steps, args.warmup,
-                          args.reps, device)
+    others = {
+        "b": h.plain_loop_step(h.course_net(net), loader(best_w), device, make_optimizer),
+        "c": h.model_alone_step(copy.deepcopy(net), x, y, device, make_optimizer,
+                                bf16=cli.trainer.precision == "bf16-mixed"),
+    }
+    a_times, times = h.run_fit_path(cli, others, args.steps, args.warmup, device)
+    b_times, c_times = times["b"], times["c"]
     epoch = len(dm.train_set) / (args.batch_size / np.median(a_times))
     h.report(
         f"CNN on CIFAR-10 ({device.type}, batch {args.batch_size}{', ' + ' '.join(args.extra) if args.extra else ''})",
@@ -76,7 +80,7 @@ def main() -> None:
         [("(a) dlvision fit (standardize + crop/flip on the device)", a_times),
          (f"(b) course loop: per-sample transforms + DataLoader (best num_workers={best_w})", b_times),
          ("(c) model alone (fixed batch)", c_times)],
-        [f"(b) median ms/step by num_workers: " + ", ".join(f"{w}: {1000 * t:.1f}" for w, t in per_w.items()),
+        [f"(b) ms/step by num_workers (one probe each): " + ", ".join(f"{w}: {1000 * t:.1f}" for w, t in per_w.items()),
          f"(a) implies {epoch:.0f} s per epoch of {len(dm.train_set)} training images (steps only, without validation)"],
         write=not args.no_write,
     )

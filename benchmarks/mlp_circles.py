@@ -51,13 +51,14 @@ def main() -> None:
     torch.set_num_threads(1)  # what configs/circles_mlp.yaml selects (torch_threads: 1), for every path
     n_train = 2000
     config = ["--config", "configs/circles_mlp.yaml", "--data.n_train", str(n_train)]
-    a_times, cli, net = h.dlvision_fit_path(config, args.steps, args.warmup, args.reps, device)
+    cli, net = h.build_fit_path(config, args.steps, args.warmup, args.reps, device)
     x, y = cli.datamodule.train_set.inputs, cli.datamodule.train_set.targets
     loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
-    b_times = h.time_loop(h.plain_loop_step(copy.deepcopy(net), loader, device, cli.model.optimizer_factory), args.steps, args.warmup,
-                          args.reps, device)
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, cli.model.optimizer_factory), args.steps,
-                          args.warmup, args.reps, device)
+    make_optimizer = cli.model.optimizer_factory
+    others = {"b": h.plain_loop_step(copy.deepcopy(net), loader, device, make_optimizer),
+              "c": h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, make_optimizer)}
+    a_times, times = h.run_fit_path(cli, others, args.steps, args.warmup, device)
+    b_times, c_times = times["b"], times["c"]
     timer = h.StepTimer(args.warmup)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=args.reps, limit_train_batches=args.warmup + args.steps,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -73,15 +74,17 @@ def main() -> None:
                            cwd=folder, check=True, capture_output=True)
             walls.append(time.perf_counter() - start)
     bare_ratio = statistics.median(b_times) / statistics.median(d_times)
+    notes = [f"(d)/(b) = {bare_ratio:.2f}: what a bare Lightning Trainer costs on such tiny steps"]
+    if walls:
+        notes.append(f"whole default run `dlvision fit --config configs/circles_mlp.yaml` (150 epochs, start-up, "
+                     f"validation, checkpoints, decision-boundary pictures): {statistics.median(walls):.1f} s wall "
+                     f"(median of {len(walls)}: {', '.join(f'{w:.1f}' for w in walls)})")
     h.report(
         "MLP on circles (cpu, batch 10, 1 thread)",
         10,
         [("(a) dlvision fit (circles_mlp.yaml)", a_times), ("(b) plain loop + DataLoader(TensorDataset)", b_times),
          ("(c) model alone (fixed batch)", c_times), ("(d) bare Lightning Trainer + DataLoader", d_times)],
-        [f"(d)/(b) = {bare_ratio:.2f}: what a bare Lightning Trainer costs on such tiny steps",
-         f"whole default run `dlvision fit --config configs/circles_mlp.yaml` (150 epochs, start-up, validation, "
-         f"checkpoints, decision-boundary pictures): {statistics.median(walls):.1f} s wall (median of "
-         f"{len(walls)}: {', '.join(f'{w:.1f}' for w in walls)})"],
+        notes,
         write=not args.no_write,
     )
 

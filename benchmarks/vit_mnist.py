@@ -28,8 +28,8 @@ def main() -> None:
     args = p.parse_args()
     args.extra = shlex.split(args.extra)
     device = h.pick_device(args.device)
-    a_times, cli, net = h.dlvision_fit_path(["--config", args.config, "--data.data_dir", args.data_dir, *args.extra],
-                                            args.steps, args.warmup, args.reps, device)
+    cli, net = h.build_fit_path(["--config", args.config, "--data.data_dir", args.data_dir, *args.extra],
+                                args.steps, args.warmup, args.reps, device)
     dm = cli.datamodule
     if dm.normalize != "none" or dm.augment:
         raise SystemExit("the reference loop here mirrors normalize: none and no augmentation; pick such a config")
@@ -39,12 +39,16 @@ def main() -> None:
         return DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
-    b_times, best_w, per_w = h.best_reference(loader, net, args.workers, args.steps, args.warmup, args.reps, device,
-                                              cli.model.optimizer_factory)
+    make_optimizer = cli.model.optimizer_factory
+    best_w, per_w = h.pick_workers(loader, net, args.workers, args.steps, args.warmup, device, make_optimizer)
     x, y = torch.rand(dm.batch_size, 1, 28, 28), torch.randint(0, 10, (dm.batch_size,))
-    c_times = h.time_loop(h.model_alone_step(copy.deepcopy(net), x, y, device, cli.model.optimizer_factory,
-                                             bf16=cli.trainer.precision == "bf16-mixed"),
-                          args.steps, args.warmup, args.reps, device)
+    others = {
+        "b": h.plain_loop_step(h.course_net(net), loader(best_w), device, make_optimizer),
+        "c": h.model_alone_step(copy.deepcopy(net), x, y, device, make_optimizer,
+                                bf16=cli.trainer.precision == "bf16-mixed"),
+    }
+    a_times, times = h.run_fit_path(cli, others, args.steps, args.warmup, device)
+    b_times, c_times = times["b"], times["c"]
     epoch = len(dm.train_set) / (dm.batch_size / np.median(a_times))
     h.report(
         f"ViT on MNIST ({device.type}, {args.config}, batch {dm.batch_size})",
@@ -52,7 +56,7 @@ def main() -> None:
         [("(a) dlvision fit", a_times),
          (f"(b) course loop: torchvision MNIST + ToTensor + DataLoader (best num_workers={best_w})", b_times),
          ("(c) model alone (fixed batch)", c_times)],
-        ["(b) median ms/step by num_workers: " + ", ".join(f"{w}: {1000 * t:.1f}" for w, t in per_w.items()),
+        ["(b) ms/step by num_workers (one probe each): " + ", ".join(f"{w}: {1000 * t:.1f}" for w, t in per_w.items()),
          f"(a) implies {epoch:.0f} s per epoch of {len(dm.train_set)} training images (steps only)"],
         write=not args.no_write,
     )
