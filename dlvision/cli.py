@@ -74,6 +74,13 @@ class DLVisionCLI(LightningCLI):
             trainer["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=config.get("progress_refresh_rate") or 1)]
         return super().instantiate_trainer(**kwargs)
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        # --trainer.enable_checkpointing false turns off the --checkpoint.* callback too (Lightning
+        # would otherwise refuse the combination with a MisconfigurationException)
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, BestAndLastCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DLVisionCLI:
     """Build (and by default run) the Lightning CLI on ``args`` (``sys.argv[1:]`` when None)."""

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import make_image_folder, make_mnist
 from dlvision import Classifier
+from dlvision.callbacks.checkpoint import BestAndLastCheckpoint
 from dlvision.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,13 @@ def test_checkpoints_every_n_epochs_apply_to_last_too(in_tmp):
     cli = run_cli(circles("--trainer.max_epochs", "5", "--checkpoint.every_n_epochs", "2", "--model.optimizer.lr", "0.0"))
     state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert state["epoch"] == 3  # saved after epochs 2 and 4 (indices 1 and 3), not after the 5th
+
+
+def test_checkpointing_can_be_switched_off_from_the_trainer(in_tmp):
+    cli = run_cli(circles("--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false"))
+    assert cli.trainer.checkpoint_callback is None
+    assert not any(isinstance(c, BestAndLastCheckpoint) for c in cli.trainer.callbacks)
+    assert not list(Path(cli.trainer.log_dir).glob("**/*.ckpt"))
 
 
 def test_missing_data_through_the_command_ends_with_the_message_not_a_traceback(in_tmp, capsys):
