@@ -103,7 +103,7 @@ def test_cnn_all_is_the_course_architecture_with_every_improvement(in_tmp):
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
     assert optimizer.defaults["weight_decay"] == 5e-4
     assert type(scheduler).__name__ == "OneCycleLR" and cli.model.scheduler_interval == "step"
-    # the one-cycle length is exactly max_epochs x batches per epoch of the 45,000 training images
+    # the one-cycle length is exactly max_epochs x batches per epoch of the training images
     steps_per_epoch = math.ceil((50_000 - data.val_size) / data.batch_size)
     assert scheduler.total_steps == cli.trainer.max_epochs * steps_per_epoch
     assert cli.trainer.max_epochs <= 40
