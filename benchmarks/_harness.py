@@ -222,6 +222,21 @@ def pick_workers(make_loader: Callable[[int], Iterable], net: torch.nn.Module, w
     return min(probes, key=probes.get), probes
 
 
+def compare_three(cli, net: torch.nn.Module, make_loader: Callable[[int], Iterable], x: torch.Tensor,
+                  y: torch.Tensor, args, device: torch.device):
+    """The whole comparison: (b)'s best ``num_workers``, then (a) with (b) and (c) interleaved.
+    Returns (a, b, c seconds per step, best workers, each probed worker count's seconds per step)."""
+    make_optimizer = cli.model.optimizer_factory
+    best_w, per_w = pick_workers(make_loader, net, args.workers, args.steps, args.warmup, device, make_optimizer)
+    others = {
+        "b": plain_loop_step(course_net(net), make_loader(best_w), device, make_optimizer),
+        "c": model_alone_step(copy.deepcopy(net), x, y, device, make_optimizer,
+                              bf16=cli.trainer.precision == "bf16-mixed"),
+    }
+    a_times, times = run_fit_path(cli, others, args.steps, args.warmup, device)
+    return a_times, times["b"], times["c"], best_w, per_w
+
+
 def report(title: str, batch_size: int, rows: list[tuple[str, list[float]]], notes: list[str], write: bool,
            reference_row: int = 1, model_row: int = 2, command: str = "") -> str:
     """Print (and write to RESULTS.md) a table of samples/s with the ratios to (b) and (c)."""

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import shlex
 
 import numpy as np
@@ -39,16 +38,8 @@ def main() -> None:
         return DataLoader(dataset, batch_size=dm.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
-    make_optimizer = cli.model.optimizer_factory
-    best_w, per_w = h.pick_workers(loader, net, args.workers, args.steps, args.warmup, device, make_optimizer)
     x, y = torch.rand(dm.batch_size, 1, 28, 28), torch.randint(0, 10, (dm.batch_size,))
-    others = {
-        "b": h.plain_loop_step(h.course_net(net), loader(best_w), device, make_optimizer),
-        "c": h.model_alone_step(copy.deepcopy(net), x, y, device, make_optimizer,
-                                bf16=cli.trainer.precision == "bf16-mixed"),
-    }
-    a_times, times = h.run_fit_path(cli, others, args.steps, args.warmup, device)
-    b_times, c_times = times["b"], times["c"]
+    a_times, b_times, c_times, best_w, per_w = h.compare_three(cli, net, loader, x, y, args, device)
     epoch = len(dm.train_set) / (dm.batch_size / np.median(a_times))
     h.report(
         f"ViT on MNIST ({device.type}, {args.config}, batch {dm.batch_size})",
