@@ -131,3 +131,48 @@ def test_channels_last_gives_the_same_outputs_and_compile_is_applied_in_place(mo
     model = Classifier(CourseCNN(), compile=True)
     assert compiled == [model.net]
     assert set(model.net.state_dict()) == set(plain.net.state_dict())
+
+
+class ColumnLogits(nn.Module):
+    """Images (N, 1, H, 4) to logits: the first row weighted by column, so a mirror image changes them."""
+
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x[:, 0, 0, :] * torch.tensor([1.0, 2.0, 3.0, 4.0]) * self.scale
+
+
+def test_label_smoothing_loss_matches_the_reference_and_bad_values_fail():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(40, 8), torch.randint(0, 8, (40,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, labels), batch_size=16)
+    result = trainer().validate(Classifier(FixedLogits(8), label_smoothing=0.1), loader, verbose=False)[0]
+    # smoothed target: 0.9 on the label + 0.1 spread over all 8 classes
+    log_p = torch.log_softmax(logits, 1)
+    expected = -(0.9 * log_p[torch.arange(40), labels] + 0.1 * log_p.mean(1)).mean().item()
+    assert result["val/loss"] == pytest.approx(expected, rel=1e-5)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            Classifier(FixedLogits(8), label_smoothing=bad)
+
+
+def test_tta_flip_evaluates_the_mean_of_image_and_mirror_image():
+    torch.manual_seed(0)
+    images, labels = torch.randn(12, 1, 3, 4), torch.randint(0, 4, (12,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=5)
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    expected = (images[:, 0, 0, :] * weights + images[:, 0, 0, :].flip(-1) * weights) / 2
+    model = Classifier(ColumnLogits(), tta_flip=True)
+    result = trainer().test(model, loader, verbose=False)[0]
+    assert result["test/acc"] == pytest.approx((expected.argmax(1) == labels).float().mean().item())
+    assert result["test/loss"] == pytest.approx(nn.functional.cross_entropy(expected, labels).item(), rel=1e-5)
+    probs = torch.cat(trainer().predict(model, loader))
+    torch.testing.assert_close(probs, expected.softmax(1))
+    # training steps see the images as they are
+    torch.testing.assert_close(model(images), images[:, 0, 0, :] * weights)
+    with pytest.raises(ValueError, match="tta_flip needs image batches"):
+        model.evaluate(torch.randn(3, 4))

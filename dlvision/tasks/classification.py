@@ -89,6 +89,9 @@ class Classifier(LightningModule):
     ``scheduler_monitor``. ``predict`` returns class probabilities. ``channels_last`` stores
     convolution weights and image batches as NHWC; ``compile`` runs the network through
     ``torch.compile`` (see the Performance section of the README for when they pay).
+    ``label_smoothing`` is the cross-entropy's (training and evaluation alike); ``tta_flip``
+    evaluates (validation, test, predict) on the mean of the logits of each image and its mirror
+    image, a test-time augmentation for data whose classes are mirror-symmetric (CIFAR-10, not digits).
     """
 
     def __init__(
@@ -101,6 +104,8 @@ class Classifier(LightningModule):
         num_classes: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        label_smoothing: float = 0.0,
+        tta_flip: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the config (the net as class_path/init_args), so
@@ -122,7 +127,10 @@ class Classifier(LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # in place: parameter names, and so checkpoints, stay as they are
-        self.criterion = nn.CrossEntropyLoss()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.tta_flip = tta_flip
         self.train_metrics = TopKAccuracy(self.num_classes, "train/")
         self.val_metrics = TopKAccuracy(self.num_classes, "val/")
         self.test_metrics = TopKAccuracy(self.num_classes, "test/")
@@ -172,9 +180,18 @@ class Classifier(LightningModule):
     # Metrics are updated every step and logged once per epoch: self.log() costs about a
     # millisecond per call in Lightning (it moves and copies its bookkeeping every time), more
     # than a whole training step of the small networks here.
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation: the network's, or with ``tta_flip`` the mean over ``x`` and ``x``
+        mirrored left to right (one forward pass on the doubled batch)."""
+        if not self.tta_flip:
+            return self(x)
+        if x.dim() != 4:
+            raise ValueError(f"tta_flip needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
+        return self(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(dim=0)
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self(x) if stage == "train" else self.evaluate(x)
         loss = self.criterion(logits, y)
         self.record_step(stage, logits, y, loss)
         return loss
@@ -215,7 +232,7 @@ class Classifier(LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=-1)
+        return self.evaluate(x).softmax(dim=-1)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
