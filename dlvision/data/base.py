@@ -46,6 +46,14 @@ class TensorBatches(Dataset):
         return self.inputs[index], self.targets[index]
 
 
+class BatchGroup(list):
+    """Several consecutive training batches handed over at once, as ``[(x, y), ...]``.
+
+    Made by a data module whose training loader groups batches (``group_train_batches``); a
+    ``dlvision.Classifier`` with ``steps_per_execution > 1`` takes one optimizer step per batch.
+    """
+
+
 def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """collate_fn for ``TensorBatches``: the batch is already formed."""
     return batch
@@ -109,6 +117,7 @@ class InMemoryDataModule(LightningDataModule):
         self.val_set: TensorBatches | None = None
         self.test_set: TensorBatches | None = None
         self._pending_state: dict | None = None  # transform state from a checkpoint, before setup()
+        self.train_batches_per_call = 1  # set by the model (Classifier.steps_per_execution)
 
     # ----- to implement -----------------------------------------------------------------------
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,12 +149,23 @@ class InMemoryDataModule(LightningDataModule):
             f"{self.name}: {len(self.train_set)} train, {len(val_idx)} val, {len(self.test_set)} test samples"
         )
 
+    def group_train_batches(self, count: int) -> None:
+        """Hand over ``count`` consecutive training batches per loader item (a ``BatchGroup``).
+
+        The training loader then draws ``count * batch_size`` samples at a time from the same
+        shuffled order, so the batches, and the training, are those of ``count = 1``; the transform
+        runs once on the whole group. Evaluation loaders are not affected.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"the number of batches per call must be an integer >= 1, got {count!r}")
+        self.train_batches_per_call = count
+
     def _loader(self, data: TensorBatches | None, train: bool) -> DataLoader:
         if data is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
         return DataLoader(
             data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=self.batch_size * self.train_batches_per_call if train else self.eval_batch_size,
             shuffle=train,
             collate_fn=keep_batch,
             num_workers=self.num_workers,
@@ -172,7 +192,10 @@ class InMemoryDataModule(LightningDataModule):
         training = self.trainer is not None and self.trainer.training
         if self.transform.training != training:
             self.transform.train(training)
-        return self.apply_transform(x), y
+        x = self.apply_transform(x)
+        if training and self.train_batches_per_call > 1:
+            return BatchGroup(zip(x.split(self.batch_size), y.split(self.batch_size)))
+        return x, y
 
     def apply_transform(self, x: torch.Tensor) -> torch.Tensor:
         self.transform.to(x.device)

@@ -10,6 +10,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import Metric
 
+from dlvision.data.base import BatchGroup
+
 
 def default_optimizer(params) -> torch.optim.Optimizer:
     """The course's optimizer: plain SGD (no momentum), lr 0.01."""
@@ -92,6 +94,10 @@ class Classifier(LightningModule):
     ``label_smoothing`` is the cross-entropy's (training and evaluation alike); ``tta_flip``
     evaluates (validation, test, predict) on the mean of the logits of each image and its mirror
     image, a test-time augmentation for data whose classes are mirror-symmetric (CIFAR-10, not digits).
+    ``steps_per_execution`` > 1 has the data module hand over that many batches at once and takes
+    one optimizer step per batch inside one ``training_step`` (like Keras' option of that name): the
+    same batches and updates, with Lightning's per-call cost shared by several steps, which pays for
+    tiny networks. Progress bar, ``val_check_interval`` and the logger's step axis then count calls.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class Classifier(LightningModule):
         compile: bool = False,
         label_smoothing: float = 0.0,
         tta_flip: bool = False,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the config (the net as class_path/init_args), so
@@ -131,6 +138,11 @@ class Classifier(LightningModule):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.tta_flip = tta_flip
+        if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be an integer >= 1, got {steps_per_execution!r}")
+        self.steps_per_execution = steps_per_execution
+        # several optimizer steps per call of training_step are Lightning's manual optimization
+        self.automatic_optimization = steps_per_execution == 1
         self.train_metrics = TopKAccuracy(self.num_classes, "train/")
         self.val_metrics = TopKAccuracy(self.num_classes, "val/")
         self.test_metrics = TopKAccuracy(self.num_classes, "test/")
@@ -160,6 +172,19 @@ class Classifier(LightningModule):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "group_train_batches"):
+            datamodule.group_train_batches(self.steps_per_execution)
+        elif self.steps_per_execution > 1:
+            raise ValueError(
+                f"steps_per_execution={self.steps_per_execution} needs a dlvision data module, whose training "
+                f"loader hands over that many batches at once; got {type(datamodule).__name__}: "
+                f"pass a dlvision data module to fit, or set steps_per_execution to 1"
+            )
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -212,8 +237,53 @@ class Classifier(LightningModule):
         metrics.reset()
         mean_loss.reset()
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        logits, labels, losses = [], [], []
+        for x, y in batch if isinstance(batch, BatchGroup) else [batch]:
+            if 0 <= self.trainer.max_steps <= self.global_step:
+                break
+            step_logits, loss = self.manual_training_step(x, y)
+            logits.append(step_logits)
+            labels.append(y)
+            losses.append(loss * len(y))
+        if not losses:
+            return None
+        # the epoch's metrics are accounted once per call (the same sums as once per step)
+        count = sum(len(y) for y in labels)
+        self.train_metrics.update(torch.cat(logits), torch.cat(labels))
+        self.train_loss.update(torch.stack(losses).sum() / count, count)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)  # written every log_every_n_steps calls
+        return loss
+
+    def manual_training_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on one batch under manual optimization (``steps_per_execution`` > 1),
+        as Lightning's automatic optimization does it; returns the (detached) logits and loss."""
+        optimizer = self.optimizers()
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self._step_schedulers("step")
+        return logits.detach(), loss.detach()
+
+    def _step_schedulers(self, interval: str) -> None:
+        """Step the schedulers of ``interval`` as Lightning's automatic optimization would (manual mode)."""
+        count = self.global_step if interval == "step" else self.current_epoch + 1
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval != interval or count % config.frequency:
+                continue
+            metric = None
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(self.scheduler_monitor)
+                if metric is None:
+                    raise ValueError(
+                        f"ReduceLROnPlateau watches {self.scheduler_monitor!r}, which was not logged; logged: "
+                        f"{sorted(self.trainer.callback_metrics)}: set model.init_args.scheduler_monitor"
+                    )
+            self.lr_scheduler_step(config.scheduler, metric)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -223,6 +293,8 @@ class Classifier(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        if not self.automatic_optimization:
+            self._step_schedulers("epoch")  # after this epoch's validation, like Lightning's
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
@@ -240,6 +312,6 @@ class Classifier(LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         config = {"scheduler": scheduler, "interval": self.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.scheduler_monitor
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.automatic_optimization:
+            config["monitor"] = self.scheduler_monitor  # under manual optimization _step_schedulers reads it
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -169,16 +169,18 @@ class ScratchClassifier(Classifier):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
         num_classes: int | None = None,
+        steps_per_execution: int = 1,
     ) -> None:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown impl {impl!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
         if impl in ("manual", "autograd"):
             mlp_layers(net)  # fails now, with the reason, if the network is not a tanh MLP
         lr = None if impl == "optim" else self._plain_sgd_lr(impl, optimizer, scheduler)
-        super().__init__(net, optimizer, scheduler, scheduler_interval, scheduler_monitor, num_classes)
+        super().__init__(net, optimizer, scheduler, scheduler_interval, scheduler_monitor, num_classes,
+                         steps_per_execution=steps_per_execution)
         self.impl = impl
         self.lr = lr
-        self.automatic_optimization = impl == "optim"
+        self.automatic_optimization = impl == "optim" and steps_per_execution == 1
 
     @staticmethod
     def _plain_sgd_lr(impl: str, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None) -> float:
@@ -233,10 +235,21 @@ class ScratchClassifier(Classifier):
             return super().configure_optimizers()
         return StepCounter(self.parameters(), lr=self.lr)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.impl == "optim":
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if self.impl == "optim" or self.steps_per_execution > 1:
             return super().training_step(batch, batch_idx)
         x, y = batch
+        y_tilde, loss = self.hand_written_step(x, y)
+        self.record_step("train", y_tilde, y, loss)
+        return loss
+
+    def manual_training_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.impl == "optim":
+            return super().manual_training_step(x, y)
+        return self.hand_written_step(x, y)
+
+    def hand_written_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step the ``impl`` way; returns the logits and the loss of the batch."""
         counter = self.optimizers()
         lr = counter.param_groups[0]["lr"]
         if self.impl == "manual":
@@ -245,9 +258,8 @@ class ScratchClassifier(Classifier):
             y_tilde, loss = self.autograd_step(x, y, lr)
         else:
             y_tilde, loss = self.nn_step(x, y, lr)
-        self.record_step("train", y_tilde, y, loss)
         counter.step()  # changes nothing: lets Lightning count the step
-        return loss
+        return y_tilde, loss
 
     @torch.no_grad()  # 1. everything by hand: autograd is off for the whole step
     def manual_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
