@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Trainer, seed_everything
+from lightning.pytorch.loggers import Logger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from dlvision import Classifier
@@ -20,17 +21,50 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 
-def fit_circles(k: int, impl: str = "optim", scheduler=None, interval: str = "epoch", epochs: int = 3, **trainer_options):
+def fit_circles(k: int, impl: str = "optim", scheduler=None, interval: str = "epoch", epochs: int = 3,
+                logger=False, **trainer_options):
     """Fit the circles MLP with ``steps_per_execution=k``; return the final parameters, trainer and model."""
     seed_everything(0, verbose=False)
     net = MLP(2, [10], 2, activation="tanh")
     model = ScratchClassifier(net, impl=impl, optimizer=partial(torch.optim.SGD, lr=0.3), scheduler=scheduler,
                               scheduler_interval=interval, steps_per_execution=k)
     data = CirclesDataModule(data_dir="unused", n_train=130, n_test=50, batch_size=10, val_size=0)
-    trainer = Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = Trainer(max_epochs=epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, **trainer_options)
     trainer.fit(model, data)
     return torch.cat([p.detach().flatten() for p in net.parameters()]), trainer, model
+
+
+class Recorder(Logger):
+    """A logger that keeps every (step, name, value) it is given."""
+
+    name, version = "recorder", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int, str, float]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.records += [(step, name, round(float(value), 6)) for name, value in metrics.items() if name != "epoch"]
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_the_logger_sees_the_same_steps_and_values():
+    records = {}
+    for k in (1, 4):
+        recorder = Recorder()
+        fit_circles(k, epochs=2, logger=recorder, log_every_n_steps=4)  # 13 batches per epoch
+        records[k] = sorted(recorder.records)
+    assert any(name == "train/loss_step" for _, name, _ in records[1])
+    assert any(name == "val/acc" for _, name, _ in records[1])
+    steps_1 = {(step, name) for step, name, _ in records[1]}
+    # the epoch metrics at the same steps; train/loss_step where a call ends on a multiple of 4 steps
+    assert {(s, n) for s, n in steps_1 if n != "train/loss_step"} == {(s, n) for s, n, _ in records[4] if n != "train/loss_step"}
+    assert [r for r in records[4] if r[1] == "train/loss_step"] == [
+        r for r in records[1] if r[1] == "train/loss_step" and (r[0] + 1) in (4, 8, 12)]
+    assert [r for r in records[4] if r[1] != "train/loss_step"] == [r for r in records[1] if r[1] != "train/loss_step"]
 
 
 def initial_parameters() -> torch.Tensor:

@@ -97,7 +97,9 @@ class Classifier(LightningModule):
     ``steps_per_execution`` > 1 has the data module hand over that many batches at once and takes
     one optimizer step per batch inside one ``training_step`` (like Keras' option of that name): the
     same batches and updates, with Lightning's per-call cost shared by several steps, which pays for
-    tiny networks. Progress bar, ``val_check_interval`` and the logger's step axis then count calls.
+    tiny networks. The logger's step axis still counts optimizer steps; the progress bar,
+    ``val_check_interval`` and ``limit_train_batches`` count calls, and ``train/loss_step`` is written
+    when a call ends on a multiple of ``log_every_n_steps`` (make it a multiple of the group size).
     """
 
     def __init__(
@@ -248,6 +250,11 @@ class Classifier(LightningModule):
             logits.append(step_logits)
             labels.append(y)
             losses.append(loss * len(y))
+        # Lightning counts calls for the logger's step axis and for log_every_n_steps; have it count
+        # optimizer steps, as with one step per call (it adds this call's 1 after training_step)
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_batches_that_stepped"):
+            epoch_loop._batches_that_stepped = self.global_step - 1
         if not losses:
             return None
         # the epoch's metrics are accounted once per call (the same sums as once per step)
