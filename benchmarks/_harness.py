@@ -84,23 +84,25 @@ def time_loop(step: Callable[[], None], steps: int, warmup: int, reps: int, devi
 
 
 class StepTimer(Callback):
-    """Times the training steps of each epoch after a warm-up (batch end to batch end)."""
+    """Times the optimizer steps of each epoch after ``warmup`` steps (batch end to batch end,
+    divided by the optimizer steps in between: a call may hold several, see steps_per_execution)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.per_epoch: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, int]] = []
+        self.start_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         sync(pl_module.device)
-        self.stamps.append(time.perf_counter())
+        self.stamps.append((time.perf_counter(), trainer.global_step))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        timed = self.stamps[self.warmup :]
+        timed = [(t, step) for t, step in self.stamps if step - self.start_step >= self.warmup]
         if len(timed) >= 2:
-            self.per_epoch.append((timed[-1] - timed[0]) / (len(timed) - 1))
+            self.per_epoch.append((timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1]))
 
 
 def build_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, device: torch.device):
@@ -117,6 +119,9 @@ def build_fit_path(config_args: list[str], steps: int, warmup: int, reps: int, d
                    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                    "--trainer.logger.init_args.save_dir", logs, "--checkpoint.monitor", "null",
                    "--checkpoint.save_last", "false", *extra], run=False)
+    # limit_train_batches counts calls of training_step, which may hold several steps each
+    per_call = getattr(cli.model, "steps_per_execution", 1)
+    cli.trainer.limit_train_batches = -(-(warmup + steps + per_call) // per_call)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")  # fit's own setup() then finds the data in place
     initial = copy.deepcopy(cli.model.net)  # an untrained copy for (b) and (c), with the same optimizer

@@ -33,6 +33,7 @@ def test_circles_config_has_the_course_defaults():
     linears = [m for m in model.net if isinstance(m, torch.nn.Linear)]
     assert [tuple(m.weight.shape) for m in linears] == [(10, 2), (2, 10)]
     assert data.batch_size == 10 and cli.trainer.max_epochs == 150
+    assert model.steps_per_execution == 20  # a whole epoch of 20 steps per call of training_step
     assert model.configure_optimizers().param_groups[0]["lr"] == 0.03
     # N(0, 0.3) initialisation
     weights = torch.cat([p.detach().flatten() for p in model.net.parameters()])
@@ -46,7 +47,7 @@ def test_the_four_implementation_configs_train_and_end_with_the_same_model(tmp_p
                        *quick(tmp_path / impl, "--trainer.max_epochs", "3", "--model.init_args.optimizer.init_args.lr",
                               "0.5", "--trainer.precision", "64-true")])
         assert cli.model.impl == impl
-        assert cli.model.automatic_optimization == (impl == "optim")
+        assert cli.model.steps_per_execution == 20 and not cli.model.automatic_optimization
         assert cli.trainer.global_step == 12  # 40 points / batch 10 x 3 epochs, also when written by hand
         metrics = cli.trainer.callback_metrics
         assert {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"} <= set(metrics)

@@ -113,7 +113,9 @@ def test_plateau_scheduler_from_the_command_line(in_tmp):
                           "--model.scheduler.patience", "0", "--model.scheduler_monitor", "val/acc"))
     config = cli.trainer.lr_scheduler_configs[0]
     assert isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    assert config.monitor == "val/acc"
+    assert cli.model.scheduler_monitor == "val/acc"
+    assert config.scheduler.last_epoch == 2  # stepped after each epoch, on val/acc (mode min: the lowest)
+    assert config.scheduler.best <= float(cli.trainer.callback_metrics["val/acc"])
 
 
 def test_resume_from_last_checkpoint_continues_at_the_right_epoch(in_tmp):
