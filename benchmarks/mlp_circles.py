@@ -3,7 +3,8 @@
     python benchmarks/mlp_circles.py
 
 (a) ``dlvision fit --config configs/circles_mlp.yaml`` (2,000 generated points so an epoch is long
-    enough to time); (b) a plain PyTorch loop over a DataLoader of a TensorDataset (shuffled, batch
+    enough to time; 20 steps per call of training_step, as the config says); (a1) the same with one
+    step per call; (b) a plain PyTorch loop over a DataLoader of a TensorDataset (shuffled, batch
     10); (c) the model alone on a fixed batch; (d) a bare Lightning Trainer around the same network
     (a minimal LightningModule logging its loss each step, a DataLoader of a TensorDataset).
 Then the whole default run (150 epochs, start-up included) as a user types it, timed end to end.
@@ -59,6 +60,12 @@ def main() -> None:
               "c": h.model_alone_step(copy.deepcopy(net), x[:10], y[:10], device, make_optimizer)}
     a_times, times = h.run_fit_path(cli, others, args.steps, args.warmup, device)
     b_times, c_times = times["b"], times["c"]
+    # the same fit path with one step per call of training_step (Lightning's automatic
+    # optimization), with its own interleaved repetitions of (b)
+    cli_1, _ = h.build_fit_path([*config, "--model.init_args.steps_per_execution", "1"], args.steps, args.warmup,
+                                args.reps, device)
+    b_again = h.plain_loop_step(copy.deepcopy(net), loader, device, make_optimizer)
+    a1_times, times_1 = h.run_fit_path(cli_1, {"b": b_again}, args.steps, args.warmup, device)
     timer = h.StepTimer(args.warmup)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=args.reps, limit_train_batches=args.warmup + args.steps,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -74,7 +81,12 @@ def main() -> None:
                            cwd=folder, check=True, capture_output=True)
             walls.append(time.perf_counter() - start)
     bare_ratio = statistics.median(b_times) / statistics.median(d_times)
-    notes = [f"(d)/(b) = {bare_ratio:.2f}: what a bare Lightning Trainer costs on such tiny steps"]
+    per_call = cli.model.steps_per_execution
+    a1_ratio = statistics.median(times_1["b"]) / statistics.median(a1_times)
+    notes = [f"(a) takes {per_call} steps per call of training_step (configs/circles_mlp.yaml, steps_per_execution); "
+             f"(a1) is the same with one step per call: (a1)/(b) = {a1_ratio:.2f} against its own interleaved (b) "
+             f"({statistics.median(times_1['b']) * 1000:.2f} ms/step)",
+             f"(d)/(b) = {bare_ratio:.2f}: what a bare Lightning Trainer costs on such tiny steps"]
     if walls:
         notes.append(f"whole default run `dlvision fit --config configs/circles_mlp.yaml` (150 epochs, start-up, "
                      f"validation, checkpoints, decision-boundary pictures): {statistics.median(walls):.1f} s wall "
@@ -83,7 +95,8 @@ def main() -> None:
         "MLP on circles (cpu, batch 10, 1 thread)",
         10,
         [("(a) dlvision fit (circles_mlp.yaml)", a_times), ("(b) plain loop + DataLoader(TensorDataset)", b_times),
-         ("(c) model alone (fixed batch)", c_times), ("(d) bare Lightning Trainer + DataLoader", d_times)],
+         ("(c) model alone (fixed batch)", c_times), ("(d) bare Lightning Trainer + DataLoader", d_times),
+         ("(a1) dlvision fit, one step per call (steps_per_execution 1)", a1_times)],
         notes,
         write=not args.no_write,
     )
