@@ -204,9 +204,6 @@ class Classifier(LightningModule):
         if optimizer is not None:
             self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=False, on_epoch=True)
 
-    # Metrics are updated every step and logged once per epoch: self.log() costs about a
-    # millisecond per call in Lightning (it moves and copies its bookkeeping every time), more
-    # than a whole training step of the small networks here.
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for evaluation: the network's, or with ``tta_flip`` the mean over ``x`` and ``x``
         mirrored left to right (one forward pass on the doubled batch)."""
@@ -216,6 +213,9 @@ class Classifier(LightningModule):
             raise ValueError(f"tta_flip needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
         return self(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(dim=0)
 
+    # Metrics are updated every step and logged once per epoch: self.log() costs about a
+    # millisecond per call in Lightning (it moves and copies its bookkeeping every time), more
+    # than a whole training step of the small networks here.
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x) if stage == "train" else self.evaluate(x)

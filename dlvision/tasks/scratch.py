@@ -241,24 +241,25 @@ class ScratchClassifier(Classifier):
         x, y = batch
         y_tilde, loss = self.hand_written_step(x, y)
         self.record_step("train", y_tilde, y, loss)
+        self.optimizers().step()  # changes nothing: lets Lightning count the step
         return loss
 
     def manual_training_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.impl == "optim":
             return super().manual_training_step(x, y)
-        return self.hand_written_step(x, y)
+        y_tilde, loss = self.hand_written_step(x, y)
+        self.optimizers().step()
+        return y_tilde, loss
 
     def hand_written_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step the ``impl`` way; returns the logits and the loss of the batch."""
-        counter = self.optimizers()
-        lr = counter.param_groups[0]["lr"]
+        lr = self.optimizers().param_groups[0]["lr"]
         if self.impl == "manual":
             y_tilde, loss = self.manual_step(x, y, lr)
         elif self.impl == "autograd":
             y_tilde, loss = self.autograd_step(x, y, lr)
         else:
             y_tilde, loss = self.nn_step(x, y, lr)
-        counter.step()  # changes nothing: lets Lightning count the step
         return y_tilde, loss
 
     @torch.no_grad()  # 1. everything by hand: autograd is off for the whole step
