@@ -98,7 +98,7 @@ def test_cnn_all_is_the_course_architecture_with_every_improvement(in_tmp):
     cli, optimizer, scheduler = build(ROOT / "configs/cnn_all.yaml")
     net, data = cli.model.net, cli.datamodule
     assert type(net).__name__ == "CourseCNN" and sum(p.numel() for p in net.parameters()) == 1_191_170 + 2 * (32 + 64 + 64)
-    assert net.dropout.p == 0 and isinstance(net.features[2][1], torch.nn.BatchNorm2d)  # BN in, dropout measured out
+    assert isinstance(net.dropout, torch.nn.Identity) and isinstance(net.features[2][1], torch.nn.BatchNorm2d)  # BN in, dropout measured out
     assert cli.model.criterion.label_smoothing == 0.1 and cli.model.tta_flip
     assert data.normalize == "standardize" and "pad_crop" in data.augment and data.batch_size == 128
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
