@@ -222,6 +222,7 @@ def test_course_config_builds_the_default_vit():
     assert (net.width, net.patch_embed.patch_size, net.depth, net.heads) == (32, 7, 2, 4)
     assert cli.datamodule.batch_size == 128 and cli.trainer.max_epochs == 10
     assert cli.datamodule.val_size == 0  # all 60,000 training images, as the course
+    assert cli.trainer.gradient_clip_val == 1.0
     scheduler = cli.model.scheduler_factory(torch.optim.Adam(cli.model.parameters(), lr=1e-3))
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert scheduler.T_max == cli.trainer.max_epochs and cli.model.scheduler_interval == "epoch"
@@ -236,7 +237,7 @@ def test_study_configs_stack_on_the_course_config(config):
         assert cli.datamodule.variant == "fashion_mnist"
         return
     if config.stem == "constant_lr":
-        assert cli.model.scheduler_factory is None and net.width == 32
+        assert cli.model.scheduler_factory is None and net.width == 32 and cli.trainer.gradient_clip_val is None
         assert cli.model.configure_optimizers().param_groups[0]["lr"] == 1e-3
         return
     attribute = {"width": net.width, "depth": net.depth, "heads": net.heads,
