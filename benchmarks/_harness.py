@@ -7,7 +7,9 @@ the machine's description, and the RESULTS.md table.
 (c) the model alone: the same optimizer step on one fixed batch already on the device.
 Each is warmed up, then timed over several repetitions, interleaved: after each epoch of (a), one
 repetition of (b) and one of (c) run, so that all three share the drifts of a shared machine.
-The median throughput is reported, and the ratio of the best repetitions as a check.
+The median throughput is reported, and the ratio of the best repetitions as a check, and the median
+of the ratios of paired repetitions (each repetition of (a) against those that ran right after it),
+which cancels drifts of the machine's speed slower than a repetition.
 """
 
 from __future__ import annotations
@@ -259,8 +261,13 @@ def report(title: str, batch_size: int, rows: list[tuple[str, list[float]]], not
     for label, row in (("(b)", reference_row), ("(c)", model_row)):
         if row is not None and len(names) > row:
             other = names[row]
+            paired = ""
+            a_times, other_times = rows[0][1], rows[row][1]
+            if len(a_times) == len(other_times) > 1:  # interleaved: repetition i of (a), then of the others
+                pairs = statistics.median(o / t for t, o in zip(a_times, other_times))
+                paired = f"; median of the {len(a_times)} paired repetitions: {pairs:.2f}"
             lines.append(f"- ratio (a)/{label} = {throughput[a] / throughput[other]:.2f} "
-                         f"(medians; best repetition of each: {best[other] / best[a]:.2f})")
+                         f"(medians; best repetition of each: {best[other] / best[a]:.2f}{paired})")
     lines += [f"- {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -197,3 +197,42 @@ def test_gradient_cost_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         gradient_cost.main(["--classes", "1"])
     assert "--classes must be at least 2" in capsys.readouterr().err
+
+
+def test_stamp_paints_like_one_write_per_offset_with_overlaps():
+    from dlvision.callbacks.decision_boundary import _disk, _stamp
+
+    # the reference: paint each disk offset over all points in turn (later writes win)
+    def stamp_loop(image, rows, cols, radius, colors):
+        for dy, dx in _disk(radius).tolist():
+            r, c = rows + dy, cols + dx
+            inside = (r >= 0) & (r < image.shape[0]) & (c >= 0) & (c < image.shape[1])
+            image[r[inside], c[inside]] = colors[inside]
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(-3, 43, (60,), generator=gen)  # some near or past the edges, many overlapping
+    cols = torch.randint(-3, 43, (60,), generator=gen)
+    colors = torch.rand(60, 3, generator=gen) * 255
+    for radius in (1, 3, 4):
+        expected, got = torch.zeros(40, 40, 3), torch.zeros(40, 40, 3)
+        stamp_loop(expected, rows, cols, radius, colors)
+        _stamp(got, rows, cols, radius, colors)
+        assert torch.equal(got, expected)
+    _stamp(got, torch.tensor([100]), torch.tensor([100]), 2, colors[:1])  # all outside: nothing drawn
+    assert torch.equal(got, expected)
+
+
+def test_points_layer_drawn_once_gives_the_same_picture():
+    from dlvision.callbacks.decision_boundary import points_layer
+
+    probs = torch.rand(40, 40, 2, generator=torch.Generator().manual_seed(1)).softmax(dim=2)
+    points = [(torch.tensor([[1.5, 1.5], [-0.3, 0.2]]), torch.tensor([1, 0])),
+              (torch.tensor([[0.0, -1.0]]), torch.tensor([1]))]
+    layer = points_layer(points, size=40)
+    assert layer.shape == (320, 320, 4) and set(layer[..., 3].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(render_boundary(probs, layer=layer), render_boundary(probs, points))
+    assert not torch.equal(render_boundary(probs, layer=layer), render_boundary(probs))
+    with pytest.raises(ValueError, match="points or their layer"):
+        render_boundary(probs, points, layer=layer)
+    with pytest.raises(ValueError, match=r"\(160, 160, 4\)"):
+        render_boundary(probs, layer=layer, scale=4)

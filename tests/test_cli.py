@@ -61,8 +61,10 @@ def test_every_config_fits_end_to_end(config, in_tmp):
 
 
 def circles(*extra: str) -> list[str]:
+    """A small circles run; checkpoints every epoch (the CLI's default; the config saves every 10)."""
     return ["fit", "--config", str(ROOT / "configs/circles_mlp.yaml"), "--data.n_train", "60", "--data.n_test", "30",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--checkpoint.every_n_epochs", "1", *extra]
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(in_tmp):
@@ -195,7 +197,34 @@ def test_last_checkpoint_follows_every_epoch_even_when_the_metric_stops_improvin
 def test_checkpoints_every_n_epochs_apply_to_last_too(in_tmp):
     cli = run_cli(circles("--trainer.max_epochs", "5", "--checkpoint.every_n_epochs", "2", "--model.optimizer.lr", "0.0"))
     state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
-    assert state["epoch"] == 3  # saved after epochs 2 and 4 (indices 1 and 3), not after the 5th
+    # saved after epochs 2 and 4 (indices 1 and 3), then once more when training ends: the final model
+    assert state["global_step"] == 5 * 6 and state["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 5
+
+
+def test_final_last_checkpoint_resumes_and_is_written_once(in_tmp, monkeypatch):
+    writes = []
+    save = BestAndLastCheckpoint._save_checkpoint
+    monkeypatch.setattr(BestAndLastCheckpoint, "_save_checkpoint",
+                        lambda self, trainer, path: (writes.append((Path(path).name, trainer.global_step)),
+                                                     save(self, trainer, path)))
+    first = run_cli(circles("--trainer.max_epochs", "3", "--checkpoint.every_n_epochs", "2"))
+    last_writes = [step for name, step in writes if name == "last.ckpt"]
+    assert last_writes == [2 * 6, 3 * 6]  # after epoch 2, then at the end of training
+    writes.clear()
+    run_cli(circles("--trainer.max_epochs", "4"))  # every epoch, and 4 is the last: no extra write
+    assert [step for name, step in writes if name == "last.ckpt"] == [6, 12, 18, 24]
+    resumed = run_cli(circles("--trainer.max_epochs", "5", "--ckpt_path", first.trainer.checkpoint_callback.last_model_path))
+    assert resumed.trainer.current_epoch == 5 and resumed.trainer.global_step == 5 * 6  # continued after epoch 3
+
+
+def test_circles_config_checkpoints_every_10_epochs_and_at_the_end(in_tmp):
+    cli = run_cli(circles("--trainer.max_epochs", "12", "--checkpoint.every_n_epochs", "10"))
+    assert cli.trainer.checkpoint_callback.every_n_epochs == 10
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).name.startswith("epoch=9-")
+    state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    assert state["global_step"] == 12 * 6  # the final model, not epoch 10's
+    config = yaml.safe_load((ROOT / "configs/circles_mlp.yaml").read_text())
+    assert config["checkpoint"]["every_n_epochs"] == 10
 
 
 def test_checkpointing_can_be_switched_off_from_the_trainer(in_tmp):

@@ -61,12 +61,53 @@ def _disk(radius: int) -> torch.Tensor:
 
 
 def _stamp(image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, radius: int, colors: torch.Tensor) -> None:
-    """Paint a disk of ``radius`` pixels at every (row, col) in ``image`` (H, W, 3), in place."""
+    """Paint a disk of ``radius`` pixels at every (row, col) in ``image`` (H, W, 3), in place.
+
+    One indexed write for all points and offsets (a loop over the offsets cost ~20 ms a picture):
+    where disks overlap, the pixel keeps the write that comes last in offset-major order, as if the
+    disk's offsets were painted one after another over all points.
+    """
     height, width = image.shape[:2]
-    for dy, dx in _disk(radius).tolist():
-        r, c = rows + dy, cols + dx
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        image[r[inside], c[inside]] = colors[inside]
+    disk = _disk(radius)
+    r = (disk[:, :1] + rows[None]).reshape(-1)  # (offsets * points,), offset-major
+    c = (disk[:, 1:] + cols[None]).reshape(-1)
+    paint = colors.repeat(len(disk), 1)
+    inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    pixel, paint = r[inside] * width + c[inside], paint[inside]
+    if pixel.numel() == 0:
+        return
+    order = torch.arange(len(pixel))
+    last = torch.full((height * width,), -1, dtype=torch.long).scatter_reduce(0, pixel, order, "amax")
+    winners = last[last >= 0]
+    image.view(-1, image.shape[-1])[pixel[winners]] = paint[winners].to(image.dtype)
+
+
+def points_layer(
+    points: list[tuple[torch.Tensor, torch.Tensor]],
+    size: int = 40,
+    low: float = -2.0,
+    step: float = 0.1,
+    scale: int = 8,
+) -> torch.Tensor:
+    """The data points of ``render_boundary`` as an RGBA layer (size * scale, size * scale, 4): colour
+    where a point is drawn (alpha 1), transparent elsewhere. The first set of (inputs (n, 2),
+    labels (n,)) is drawn as filled dots (training points), the next ones as rings (test points)."""
+    pixels = size * scale
+    layer = torch.zeros(pixels, pixels, 4)
+    origin = low - step / 2  # pixel position of (x1, x2), row 0 at the top
+    radius = max(2, (3 * scale) // 8)
+    for k, (inputs, labels) in enumerate(points):
+        inputs = inputs.detach().double().cpu()
+        labels = labels.detach().long().cpu()
+        cols = ((inputs[:, 0] - origin) / step * scale).floor().long()
+        rows = ((origin + size * step - inputs[:, 1]) / step * scale).floor().long()
+        opaque = torch.ones(len(labels), 1)
+        colors = PALETTE[labels % len(PALETTE)] * 0.8  # a shade darker than the background
+        _stamp(layer, rows, cols, radius + 1, torch.cat([torch.zeros_like(colors), opaque], 1))  # black outline
+        _stamp(layer, rows, cols, radius, torch.cat([colors, opaque], 1))
+        if k > 0:  # test points: rings
+            _stamp(layer, rows, cols, max(1, radius - 2), torch.cat([torch.full_like(colors, 255.0), opaque], 1))
+    return layer
 
 
 def render_boundary(
@@ -75,12 +116,15 @@ def render_boundary(
     low: float = -2.0,
     step: float = 0.1,
     scale: int = 8,
+    layer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A uint8 (H, W, 3) picture of the class probabilities ``probs`` (size, size, C) of the grid.
 
     Each grid value is the centre of a ``scale`` x ``scale`` block of pixels; the probabilities
     are interpolated between them. ``points`` lists (inputs (n, 2), labels (n,)) sets: the first is
-    drawn as filled dots (training points), the next ones as rings (test points).
+    drawn as filled dots (training points), the next ones as rings (test points). ``layer``, the
+    ``points_layer`` of fixed points drawn once, replaces ``points`` when the same points are drawn
+    over many pictures.
     """
     if probs.ndim != 3 or probs.shape[0] != probs.shape[1]:
         raise ValueError(f"probs must be (size, size, classes), got {tuple(probs.shape)}")
@@ -105,19 +149,14 @@ def render_boundary(
     edge[:, :-1] |= winner[:, 1:] != winner[:, :-1]
     edge[:-1, :] |= winner[1:, :] != winner[:-1, :]
     image[edge] = 40.0
-    # points: pixel position of (x1, x2), row 0 at the top
-    origin = low - step / 2
-    for k, (inputs, labels) in enumerate(points):
-        inputs = inputs.detach().double().cpu()
-        labels = labels.detach().long().cpu()
-        cols = ((inputs[:, 0] - origin) / step * scale).floor().long()
-        rows = ((origin + size * step - inputs[:, 1]) / step * scale).floor().long()
-        colors = PALETTE[labels % len(PALETTE)] * 0.8  # a shade darker than the background
-        radius = max(2, (3 * scale) // 8)
-        _stamp(image, rows, cols, radius + 1, torch.zeros_like(colors))  # black outline
-        _stamp(image, rows, cols, radius, colors)
-        if k > 0:  # test points: rings
-            _stamp(image, rows, cols, max(1, radius - 2), torch.full_like(colors, 255.0))
+    if layer is None:
+        layer = points_layer(points, size, low, step, scale)
+    elif points:
+        raise ValueError("render_boundary takes points or their layer, not both")
+    if layer.shape != (pixels, pixels, 4):
+        raise ValueError(f"the points layer must be ({pixels}, {pixels}, 4) for this grid, got {tuple(layer.shape)}")
+    drawn = layer[..., 3] > 0
+    image[drawn] = layer[..., :3][drawn]
     return image.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -160,6 +199,7 @@ class DecisionBoundary(Callback):
         self.last_image: torch.Tensor | None = None
         self.saved_path: Path | None = None
         self._last_step: int | None = None
+        self._layer: torch.Tensor | None = None  # the data points, drawn once per fit
 
     def _points(self, trainer: Trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
         datamodule = getattr(trainer, "datamodule", None)
@@ -178,6 +218,10 @@ class DecisionBoundary(Callback):
                     f"{type(trainer.datamodule).__name__} gives inputs of shape {tuple(inputs.shape[1:])}: "
                     f"remove the callback for this data"
                 )
+        self._layer = self._points_layer(trainer)
+
+    def _points_layer(self, trainer: Trainer) -> torch.Tensor:
+        return points_layer(self._points(trainer), self.grid.shape[0], self.low, self.step, self.scale)
 
     def image(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
         """The current picture, uint8 (H, W, 3)."""
@@ -190,7 +234,8 @@ class DecisionBoundary(Callback):
             probs = grid_probabilities(pl_module, self.grid.to(device, dtype))
         finally:
             pl_module.train(was_training)
-        return render_boundary(probs, self._points(trainer), self.low, self.step, self.scale)
+        layer = self._layer if self._layer is not None else self._points_layer(trainer)
+        return render_boundary(probs, [], self.low, self.step, self.scale, layer=layer)
 
     @rank_zero_only
     def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
