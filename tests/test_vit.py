@@ -223,6 +223,8 @@ def test_course_config_builds_the_default_vit():
     assert cli.datamodule.batch_size == 128 and cli.trainer.max_epochs == 10
     assert cli.datamodule.val_size == 0  # all 60,000 training images, as the course
     assert cli.trainer.gradient_clip_val == 1.0
+    assert cli.datamodule.augment == ["pad_crop"]  # shifts of up to one pixel, no flip
+    assert cli.datamodule.augment_options == {"pad_crop": {"padding": 1, "flip_p": 0.0}}
     scheduler = cli.model.scheduler_factory(torch.optim.Adam(cli.model.parameters(), lr=1e-3))
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert scheduler.T_max == cli.trainer.max_epochs and cli.model.scheduler_interval == "epoch"
@@ -238,6 +240,7 @@ def test_study_configs_stack_on_the_course_config(config):
         return
     if config.stem == "constant_lr":
         assert cli.model.scheduler_factory is None and net.width == 32 and cli.trainer.gradient_clip_val is None
+        assert cli.datamodule.augment == [] and cli.datamodule.augment_options == {}
         assert cli.model.configure_optimizers().param_groups[0]["lr"] == 1e-3
         return
     attribute = {"width": net.width, "depth": net.depth, "heads": net.heads,
