@@ -73,13 +73,19 @@ def main() -> None:
     trainer.fit(BareModule(copy.deepcopy(net)), DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True))
     d_times = timer.per_epoch
 
-    walls = []
+    def wall(command: list[str], folder: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *command], cwd=folder, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    # the whole run, and beside each one the imports alone (torch; the CLI with Lightning): the
+    # host's speed drifts, and the imports are a floor that no change to the run itself can lower
+    walls, torch_imports, cli_imports = [], [], []
     for _ in range(args.full_runs):
         with tempfile.TemporaryDirectory() as folder:
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dlvision.cli", "fit", "--config", str(h.ROOT / "configs/circles_mlp.yaml")],
-                           cwd=folder, check=True, capture_output=True)
-            walls.append(time.perf_counter() - start)
+            walls.append(wall(["-m", "dlvision.cli", "fit", "--config", str(h.ROOT / "configs/circles_mlp.yaml")], folder))
+            torch_imports.append(wall(["-c", "import torch"], folder))
+            cli_imports.append(wall(["-c", "import dlvision.cli"], folder))
     bare_ratio = statistics.median(b_times) / statistics.median(d_times)
     per_call = cli.model.steps_per_execution
     a1_ratio = statistics.median(times_1["b"]) / statistics.median(a1_times)
@@ -90,7 +96,9 @@ def main() -> None:
     if walls:
         notes.append(f"whole default run `dlvision fit --config configs/circles_mlp.yaml` (150 epochs, start-up, "
                      f"validation, checkpoints, decision-boundary pictures): {statistics.median(walls):.1f} s wall "
-                     f"(median of {len(walls)}: {', '.join(f'{w:.1f}' for w in walls)})")
+                     f"(median of {len(walls)}: {', '.join(f'{w:.1f}' for w in walls)}); in the same loop, "
+                     f"`python -c 'import torch'` took {statistics.median(torch_imports):.1f} s and "
+                     f"`python -c 'import dlvision.cli'` {statistics.median(cli_imports):.1f} s (medians)")
     h.report(
         "MLP on circles (cpu, batch 10, 1 thread)",
         10,
