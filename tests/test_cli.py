@@ -242,3 +242,19 @@ def test_missing_data_through_the_command_ends_with_the_message_not_a_traceback(
     assert code == 2
     assert "dlvision: error: CIFAR-10 not found under" in err and "--data.download true" in err
     assert "Traceback" not in err
+
+
+def test_only_the_requested_subcommand_parser_is_built_and_help_lists_them_all(in_tmp, capsys):
+    cli = run_cli(circles("--trainer.max_epochs", "1"))
+    assert set(cli._subcommand_parsers) == {"fit"}  # validate/test/predict parsers are not built for a fit
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--help"])
+    assert exit_info.value.code == 0
+    assert "{fit,validate,test,predict}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--help"])
+    assert exit_info.value.code == 0 and "--trainer.max_epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fitt", "--config", str(ROOT / "configs/circles_mlp.yaml")])
+    assert exit_info.value.code != 0 and "fitt" in capsys.readouterr().err
