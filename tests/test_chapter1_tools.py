@@ -83,8 +83,12 @@ def test_decision_boundary_is_logged_saved_and_changes_as_the_model_learns(tmp_p
 
     events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0})
     events.Reload()
-    steps = [e.step for e in events.Images("decision_boundary")]
-    assert steps == [0, 50, 100, 120]
+    pictures = events.Images("decision_boundary")
+    assert [e.step for e in pictures] == [0, 50, 100, 120]
+    # the last one, decoded from the event file, is the picture itself (PNG is lossless)
+    logged = decode_png(torch.frombuffer(bytearray(pictures[-1].encoded_image_string), dtype=torch.uint8))
+    assert (pictures[-1].width, pictures[-1].height) == (320, 320)
+    assert torch.equal(logged.permute(1, 2, 0), boundary.last_image)
 
 
 def test_decision_boundary_rejects_data_that_is_not_2d(mnist_dir):
@@ -236,3 +240,16 @@ def test_points_layer_drawn_once_gives_the_same_picture():
         render_boundary(probs, points, layer=layer)
     with pytest.raises(ValueError, match=r"\(160, 160, 4\)"):
         render_boundary(probs, layer=layer, scale=4)
+
+
+def test_add_png_rejects_images_it_cannot_encode(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from dlvision.callbacks.decision_boundary import add_png
+
+    writer = SummaryWriter(str(tmp_path))
+    with pytest.raises(ValueError, match="uint8"):
+        add_png(writer, "x", torch.zeros(8, 8, 3), 0)
+    with pytest.raises(ValueError, match="uint8"):
+        add_png(writer, "x", torch.zeros(3, 8, 8, dtype=torch.uint8), 0)
+    writer.close()

@@ -170,6 +170,23 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def add_png(writer, tag: str, image: torch.Tensor, step: int, compression_level: int = 1) -> None:
+    """Log a uint8 (H, W, C) image to a TensorBoard ``SummaryWriter`` as a PNG of ``compression_level``.
+
+    ``add_image`` encodes at zlib level 6 through PIL: about 20 ms for a 320x320 picture, against
+    7 ms at level 1 with torchvision's encoder (a file about a third larger, the same pixels).
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torchvision.io import encode_png
+
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"add_png takes a uint8 (H, W, 1|3|4) image, got {image.dtype} {tuple(image.shape)}")
+    height, width, channels = image.shape
+    png = encode_png(image.permute(2, 0, 1).contiguous().cpu(), compression_level=compression_level)
+    picture = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.numpy().tobytes())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
+
+
 class DecisionBoundary(Callback):
     """Draw the decision boundary over the course's grid during training (2-D inputs only).
 
@@ -245,7 +262,7 @@ class DecisionBoundary(Callback):
         self._last_step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(self.tag, self.last_image, trainer.global_step, dataformats="HWC")
+                add_png(logger.experiment, self.tag, self.last_image, trainer.global_step)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = None
