@@ -253,3 +253,11 @@ def test_add_png_rejects_images_it_cannot_encode(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         add_png(writer, "x", torch.zeros(3, 8, 8, dtype=torch.uint8), 0)
     writer.close()
+
+    class OtherWriter:  # another writer (tensorboardX's, say): its own add_image encodes the picture
+        def add_image(self, *args, **kwargs):
+            self.call = (args, kwargs)
+
+    other, image = OtherWriter(), torch.zeros(8, 8, 3, dtype=torch.uint8)
+    add_png(other, "x", image, 5)
+    assert other.call == (("x", image, 5), {"dataformats": "HWC"})

@@ -177,10 +177,14 @@ def add_png(writer, tag: str, image: torch.Tensor, step: int, compression_level:
     7 ms at level 1 with torchvision's encoder (a file about a third larger, the same pixels).
     """
     from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
     from torchvision.io import encode_png
 
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"add_png takes a uint8 (H, W, 1|3|4) image, got {image.dtype} {tuple(image.shape)}")
+    if not isinstance(writer, SummaryWriter):  # e.g. tensorboardX's writer, with its own protocol buffers
+        writer.add_image(tag, image, step, dataformats="HWC")
+        return
     height, width, channels = image.shape
     png = encode_png(image.permute(2, 0, 1).contiguous().cpu(), compression_level=compression_level)
     picture = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.numpy().tobytes())
