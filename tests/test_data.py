@@ -282,3 +282,31 @@ def test_cifar_cache_is_found_however_the_data_dir_is_spelled(cifar_folder, monk
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 60
+
+
+def test_folder_signature_is_the_cache_key_of_before_and_follows_the_files(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    root = make_image_folder(tmp_path / "imgs") / "train"
+
+    def reference(split_dir):  # the former formula: caches written by it must stay valid
+        digest = hashlib.sha1()
+        for dirpath, dirnames, filenames in os.walk(split_dir):
+            dirnames.sort()
+            for name in sorted(filenames):
+                stat = os.stat(os.path.join(dirpath, name))
+                relative = os.path.relpath(os.path.join(dirpath, name), split_dir)
+                digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    signature = cifar10_module.folder_signature(root)
+    assert signature == reference(root)
+    monkeypatch.chdir(tmp_path)
+    assert cifar10_module.folder_signature(Path("imgs/train")) == signature  # however the path is spelled
+    (root / "loose.txt").write_text("a file at the top")  # files directly in the folder count too
+    with_file = cifar10_module.folder_signature(root)
+    assert with_file != signature and with_file == reference(root)
+    image = next(root.glob("*/*.png"))
+    os.utime(image, ns=(1, 1))
+    assert cifar10_module.folder_signature(root) not in (signature, with_file)

@@ -90,10 +90,14 @@ def folder_signature(split_dir: Path) -> str:
     digest = hashlib.sha1()
     for dirpath, dirnames, filenames in os.walk(split_dir):
         dirnames.sort()
+        folder = os.path.relpath(dirpath, split_dir)  # however data_dir is spelled; once per folder
+        prefix = "" if folder == os.curdir else folder + os.sep
+        entries = {entry.name: entry for entry in os.scandir(dirpath)}
+        lines = []
         for name in sorted(filenames):
-            stat = os.stat(os.path.join(dirpath, name))
-            relative = os.path.relpath(os.path.join(dirpath, name), split_dir)  # however data_dir is spelled
-            digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            stat = entries[name].stat() if name in entries else os.stat(os.path.join(dirpath, name))
+            lines.append(f"{prefix}{name}:{stat.st_size}:{stat.st_mtime_ns}\n")
+        digest.update("".join(lines).encode())
     return digest.hexdigest()
 
 
