@@ -6,15 +6,17 @@ import importlib
 import sys
 from typing import Optional
 
-import torch
-from jsonargparse.typing import PositiveInt
+from dlvision._startup import collector_paused, freeze_imports
 
-from lightning import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+with collector_paused():  # the CLI's own heavy imports (jsonargparse, LightningCLI); see dlvision/_startup.py
+    import torch
+    from jsonargparse.typing import PositiveInt
+    from lightning import LightningDataModule, LightningModule, Trainer
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+    from lightning.pytorch.cli import LightningCLI
 
-from dlvision.callbacks.checkpoint import BestAndLastCheckpoint
-from dlvision.data.base import DataFormatError, DatasetNotFoundError
+    from dlvision.callbacks.checkpoint import BestAndLastCheckpoint
+    from dlvision.data.base import DataFormatError, DatasetNotFoundError
 
 DEFAULT_SEED = 42
 
@@ -120,6 +122,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DLVisionCLI:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlvision`` console script."""
+    freeze_imports()  # this process's imported libraries: out of the garbage collector's way
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in TOOLS:
         module, function = TOOLS[args[0]].split(":")
